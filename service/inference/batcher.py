@@ -1,0 +1,125 @@
+"""Adaptive micro-batching: concurrent requests for one model run as one onnxruntime call.
+
+How it adapts (the idea behind Triton's dynamic batcher and BentoML's adaptive
+batching, written for one asyncio event loop):
+- An idle model runs a request at once (plus at most `max_delay_us` of waiting, 0 by
+  default), so a lone client pays no batching delay.
+- While a batch runs in the executor, new requests queue up; when it returns, all
+  queued requests (up to `max_batch_rows` rows) run as the next batch. The batch
+  size therefore grows with the load by itself.
+- Results are split back by row offsets, so every caller gets exactly its own rows.
+
+A batch that raises is retried request by request, so one bad request cannot fail
+the others that happened to share its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import Executor
+from typing import Callable, Sequence
+
+import numpy as np
+
+# run_batch: (rows, n_in) array -> one (rows, ...) array per model output
+RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+
+
+class MicroBatcher:
+    """Queues requests for one model on the current event loop and runs them in batches."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        executor: Executor | None = None,
+        max_batch_rows: int = 256,
+        max_delay_us: int = 0,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be >= 1")
+        if max_delay_us < 0:
+            raise ValueError("max_delay_us must be >= 0")
+        self._run_batch = run_batch
+        self._executor = executor
+        self.max_batch_rows = max_batch_rows
+        self.max_delay_s = max_delay_us / 1e6
+        self._on_batch = on_batch  # on_batch(n_requests, n_rows), e.g. a histogram
+        self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._queued_rows = 0
+        self._drainer: asyncio.Task | None = None
+        self._enough_rows: asyncio.Event | None = None
+
+    async def submit(self, x: np.ndarray) -> list[np.ndarray]:
+        """x: (rows, n_in) -> this request's (rows, ...) slice of every output."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((x, future))
+        self._queued_rows += x.shape[0]
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        elif self._enough_rows is not None and self._queued_rows >= self.max_batch_rows:
+            self._enough_rows.set()
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self.max_delay_s > 0 and self._queued_rows < self.max_batch_rows:
+                self._enough_rows = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._enough_rows.wait(), self.max_delay_s)
+                except asyncio.TimeoutError:
+                    pass
+                self._enough_rows = None
+            batch = self._take_batch()
+            await self._run(loop, batch)
+
+    def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
+        # Always take at least one request, even one larger than max_batch_rows
+        # (the route limits rows per request; this only caps how many are merged).
+        batch = [self._queue.popleft()]
+        rows = batch[0][0].shape[0]
+        while self._queue and rows + self._queue[0][0].shape[0] <= self.max_batch_rows:
+            item = self._queue.popleft()
+            rows += item[0].shape[0]
+            batch.append(item)
+        self._queued_rows -= rows
+        return batch
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch) -> None:
+        live = [(x, f) for x, f in batch if not f.done()]  # a caller may have gone away
+        if not live:
+            return
+        if len(live) == 1:
+            x, future = live[0]
+            await self._run_one(loop, x, future)
+            return
+        inputs = np.concatenate([x for x, _ in live], axis=0)
+        if self._on_batch:
+            self._on_batch(len(live), inputs.shape[0])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
+        except Exception:
+            for x, future in live:
+                await self._run_one(loop, x, future)
+            return
+        start = 0
+        for x, future in live:
+            stop = start + x.shape[0]
+            if not future.done():
+                future.set_result([out[start:stop] for out in outputs])
+            start = stop
+
+    async def _run_one(self, loop, x: np.ndarray, future: asyncio.Future) -> None:
+        if self._on_batch:
+            self._on_batch(1, x.shape[0])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, x)
+        except Exception as exc:  # handed to the caller, who turns it into a response
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(list(outputs))

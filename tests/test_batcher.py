@@ -1,0 +1,133 @@
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.inference.batcher import MicroBatcher
+from onnx_graphs import affine_model
+
+WEIGHT = np.array([[1.0, -2.0], [0.5, 3.0], [4.0, 0.25]], np.float32)
+BIAS = np.array([0.1, -0.2], np.float32)
+
+
+@pytest.fixture(scope="module")
+def session():
+    return ort.InferenceSession(affine_model(WEIGHT, BIAS), providers=["CPUExecutionProvider"])
+
+
+class RecordingRunner:
+    """Runs the affine graph and records the batch sizes it was called with."""
+
+    def __init__(self, session, delay_s=0.0):
+        self.session = session
+        self.delay_s = delay_s
+        self.batch_rows: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, x):
+        with self.lock:
+            self.batch_rows.append(x.shape[0])
+        if self.delay_s:
+            threading.Event().wait(self.delay_s)
+        if np.isnan(x).any():
+            raise ValueError("poisoned batch")
+        return self.session.run(None, {"x": x})
+
+
+def expected(x):
+    return x @ WEIGHT + BIAS
+
+
+def test_concurrent_requests_each_get_their_own_rows(session):
+    runner = RecordingRunner(session, delay_s=0.01)
+    rng = np.random.default_rng(0)
+    requests = [rng.normal(size=(int(rng.integers(1, 6)), 3)).astype(np.float32) for _ in range(60)]
+
+    async def main():
+        with ThreadPoolExecutor(2) as pool:
+            batcher = MicroBatcher(runner, pool, max_batch_rows=32)
+            return await asyncio.gather(*(batcher.submit(x) for x in requests))
+
+    results = asyncio.run(main())
+    for x, (y,) in zip(requests, results):
+        assert y.shape == (x.shape[0], 2)
+        np.testing.assert_allclose(y, expected(x), rtol=1e-5, atol=1e-5)
+    assert sum(runner.batch_rows) == sum(x.shape[0] for x in requests)
+    assert max(runner.batch_rows) > 5, "concurrent requests were never merged"
+    assert max(runner.batch_rows) <= 32
+
+
+def test_lone_request_runs_without_waiting_for_company(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        batcher = MicroBatcher(runner, max_batch_rows=64, max_delay_us=0)
+        out = []
+        for i in range(3):
+            out.append(await batcher.submit(np.full((1, 3), i, np.float32)))
+        return out
+
+    results = asyncio.run(main())
+    assert runner.batch_rows == [1, 1, 1]
+    np.testing.assert_allclose(results[2][0], expected(np.full((1, 3), 2, np.float32)), rtol=1e-6)
+
+
+def test_delay_window_collects_staggered_requests(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        batcher = MicroBatcher(runner, max_batch_rows=64, max_delay_us=200_000)
+
+        async def late(i):
+            await asyncio.sleep(0.01 * i)
+            return await batcher.submit(np.full((1, 3), i, np.float32))
+
+        return await asyncio.gather(*(late(i) for i in range(4)))
+
+    results = asyncio.run(main())
+    assert runner.batch_rows == [4]
+    for i, (y,) in enumerate(results):
+        np.testing.assert_allclose(y, expected(np.full((1, 3), i, np.float32)), rtol=1e-6)
+
+
+def test_full_batch_does_not_wait_for_the_delay(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        batcher = MicroBatcher(runner, max_batch_rows=4, max_delay_us=5_000_000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(*(batcher.submit(np.ones((2, 3), np.float32)) for _ in range(2)))
+        return loop.time() - start
+
+    assert asyncio.run(main()) < 1.0
+    assert runner.batch_rows == [4]
+
+
+def test_failing_request_does_not_fail_its_batch_mates(session):
+    runner = RecordingRunner(session, delay_s=0.02)
+    good = np.ones((2, 3), np.float32)
+    bad = np.full((1, 3), np.nan, np.float32)
+
+    async def main():
+        batcher = MicroBatcher(runner, max_batch_rows=64)
+        first = asyncio.ensure_future(batcher.submit(good))  # occupies the runner
+        await asyncio.sleep(0.005)
+        rest = [batcher.submit(good), batcher.submit(bad), batcher.submit(good)]
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], ValueError)
+    for r in (results[0], results[1], results[3]):
+        np.testing.assert_allclose(r[0], expected(good), rtol=1e-6)
+    assert 5 in runner.batch_rows  # the merged batch was tried first
+
+
+def test_rejects_bad_configuration(session):
+    with pytest.raises(ValueError, match="max_batch_rows"):
+        MicroBatcher(RecordingRunner(session), max_batch_rows=0)
+    with pytest.raises(ValueError, match="max_delay_us"):
+        MicroBatcher(RecordingRunner(session), max_delay_us=-1)
