@@ -1,0 +1,1 @@
+"""Turning uploads and generators into numeric tables."""

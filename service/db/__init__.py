@@ -1,0 +1,1 @@
+"""The database schema (owned by the gateway, imported by the workers)."""

@@ -1,0 +1,1 @@
+"""Job submission logic that needs more than the JobSpec schema: limits, data shapes."""

@@ -1,0 +1,138 @@
+"""Checks on a JobSpec that need the data's shape, the server's limits or the database.
+
+Each problem is reported like a pydantic error: ``{"loc": [...], "msg": ..., "type": ...}``
+with ``loc`` starting at ``body`` so clients see one error format for all 422s.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.config import Settings
+from service.datasets.formula_data import DataError, generate
+from service.datasets.tables import from_npy
+from service.db.models import Dataset
+from service.schemas.jobspec import DatasetSource, FormulaSource, InlineSource, JobSpec
+
+
+@dataclass
+class Problem:
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "value_error"
+
+    def as_error(self) -> dict:
+        return {"loc": ["body", *self.loc], "msg": self.msg, "type": self.type}
+
+
+@dataclass(frozen=True)
+class DataShape:
+    n_rows: int
+    input_names: list[str]
+    output_names: list[str]
+    targets: np.ndarray | None  # (n_rows, n_outputs) when known without training
+
+
+def check_limits(spec: JobSpec, settings: Settings) -> list[Problem]:
+    problems = []
+    schedule = spec.train.grid_schedule
+    if spec.model.grid is not None and spec.model.grid != schedule[0]:
+        problems.append(Problem(("model", "grid"),
+                                f"model.grid is {spec.model.grid} but train.grid_schedule starts at {schedule[0]}; "
+                                "the first stage uses the first grid (leave model.grid out)"))
+    for index, size in enumerate(spec.model.width):
+        if size > settings.max_layer_width:
+            problems.append(Problem(("model", "width", index),
+                                    f"layer width {size} is above the limit of {settings.max_layer_width}"))
+    if schedule[-1] > settings.max_grid:
+        problems.append(Problem(("train", "grid_schedule"),
+                                f"grid {schedule[-1]} is above the limit of {settings.max_grid}"))
+    if spec.total_steps > settings.max_total_steps:
+        problems.append(Problem(("train", "steps_per_grid"),
+                                f"{len(schedule)} stages x {spec.train.steps_per_grid} steps = {spec.total_steps} "
+                                f"steps, above the limit of {settings.max_total_steps}"))
+    if isinstance(spec.data, FormulaSource) and spec.data.n_samples > settings.max_rows:
+        problems.append(Problem(("data", "n_samples"),
+                                f"n_samples {spec.data.n_samples} is above the limit of {settings.max_rows}"))
+    if isinstance(spec.data, InlineSource) and len(spec.data.inline.X) > settings.max_rows:
+        problems.append(Problem(("data", "inline", "X"),
+                                f"{len(spec.data.inline.X)} rows is above the limit of {settings.max_rows}"))
+    return problems
+
+
+def resolve_shape(spec: JobSpec, dataset: Dataset | None) -> tuple[DataShape | None, list[Problem]]:
+    """The inputs/outputs the data will have; ``dataset`` is the row named by a DatasetSource."""
+    data = spec.data
+    if isinstance(data, FormulaSource):
+        if spec.task == "classification":
+            return None, [Problem(("task",), "formula data makes regression targets; use inline or dataset data "
+                                            "for classification")]
+        try:
+            _, y = generate(data)
+        except DataError as exc:
+            return None, [Problem(("data", "formula"), str(exc))]
+        return DataShape(data.n_samples, list(data.ranges), [data.target], y), []
+    if isinstance(data, InlineSource):
+        arrays = data.inline
+        n_in, n_out = len(arrays.X[0]), len(arrays.y[0])
+        inputs = arrays.feature_names or [f"x{i}" for i in range(n_in)]
+        outputs = arrays.target_names or ([f"y{i}" for i in range(n_out)] if n_out > 1 else ["y"])
+        return DataShape(len(arrays.X), inputs, outputs, np.asarray(arrays.y, dtype=np.float64)), []
+    assert isinstance(data, DatasetSource)
+    if dataset is None:
+        return None, [Problem(("data", "dataset_id"), f"dataset '{data.dataset_id}' not found")]
+    problems = []
+    for field, names in (("target", data.target), ("features", data.features or [])):
+        for index, name in enumerate(names):
+            if name not in dataset.columns:
+                problems.append(Problem(("data", field, index),
+                                        f"column '{name}' is not in dataset columns {dataset.columns}"))
+    overlap = sorted(set(data.target) & set(data.features or []))
+    if overlap:
+        problems.append(Problem(("data", "features"), f"columns {overlap} are both features and targets"))
+    if problems:
+        return None, problems
+    features = data.features or [name for name in dataset.columns if name not in data.target]
+    if not features:
+        return None, [Problem(("data", "features"), "no feature columns left after removing the targets")]
+    values = from_npy(dataset.values_npy)
+    targets = values[:, [dataset.columns.index(name) for name in data.target]]
+    return DataShape(dataset.n_rows, features, list(data.target), targets), []
+
+
+def check_shape(spec: JobSpec, shape: DataShape) -> list[Problem]:
+    problems = []
+    width = spec.model.width
+    if width[0] != len(shape.input_names):
+        problems.append(Problem(("model", "width", 0),
+                                f"model.width[0] is {width[0]} but the data has {len(shape.input_names)} input "
+                                f"column(s) {shape.input_names}"))
+    if spec.task == "regression":
+        if width[-1] != len(shape.output_names):
+            problems.append(Problem(("model", "width", len(width) - 1),
+                                    f"model.width[-1] is {width[-1]} but the data has {len(shape.output_names)} "
+                                    f"target column(s) {shape.output_names}"))
+    else:
+        problems.extend(_check_labels(width[-1], shape))
+    n_val = int(round(shape.n_rows * spec.train.val_fraction))
+    if shape.n_rows - n_val < 2:
+        problems.append(Problem(("train", "val_fraction"),
+                                f"{shape.n_rows} rows with val_fraction {spec.train.val_fraction} leave fewer "
+                                "than 2 training rows"))
+    return problems
+
+
+def _check_labels(n_classes: int, shape: DataShape) -> list[Problem]:
+    last = ("model", "width")
+    if len(shape.output_names) != 1:
+        return [Problem(("data",), f"classification needs one target column of class indices, "
+                                   f"got {len(shape.output_names)}")]
+    if n_classes < 2:
+        return [Problem(last, "classification needs model.width[-1] >= 2 (one output per class)")]
+    labels = shape.targets[:, 0] if shape.targets is not None else np.empty(0)
+    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels >= n_classes))
+    if bad.size:
+        return [Problem(("data",), f"class labels must be integers in [0, {n_classes - 1}] "
+                                   f"(model.width[-1] = {n_classes} classes); row {bad[0]} has {labels[bad[0]]:g}")]
+    return []

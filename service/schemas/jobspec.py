@@ -1,0 +1,185 @@
+"""JobSpec: what a training job is asked to do (the body of ``POST /v1/jobs``).
+
+The models check structure and ranges; checks that need the data's shape, the
+server's limits or the database (dataset columns) are in ``service/jobs/checks.py``
+and report the same ``loc`` paths.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from service.formula_grammar import FormulaError, parse_formula
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+
+
+class StrictModel(BaseModel):
+    # Unknown fields are typos: reject them instead of silently training something else.
+    model_config = ConfigDict(extra="forbid")
+
+
+class FormulaSource(StrictModel):
+    """Samples inputs uniformly in ``ranges`` and computes the target from ``formula``."""
+
+    formula: str = Field(max_length=1000, examples=["exp(sin(pi*x0) + x1**2)"])
+    ranges: dict[Identifier, tuple[FiniteFloat, FiniteFloat]] = Field(
+        min_length=1, description="Input names, in input order, with their [low, high] sampling range."
+    )
+    n_samples: int = Field(1000, ge=2, le=10_000_000)
+    noise: FiniteFloat = Field(0.0, ge=0, description="Std of Gaussian noise added to the target.")
+    seed: int = 0
+    target: Identifier = "y"
+
+    @field_validator("formula")
+    @classmethod
+    def _formula_in_grammar(cls, text: str) -> str:
+        try:
+            parse_formula(text)
+        except FormulaError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_ordered(cls, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in ranges.items():
+            if not low < high:
+                raise ValueError(f"range of '{name}' must have low < high, got [{low}, {high}]")
+        return ranges
+
+    @model_validator(mode="after")
+    def _variables_have_ranges(self) -> "FormulaSource":
+        missing = sorted(parse_formula(self.formula).variables - set(self.ranges))
+        if missing:
+            raise ValueError(f"formula uses {missing} but ranges only define {list(self.ranges)}")
+        return self
+
+
+class InlineArrays(StrictModel):
+    X: list[list[FiniteFloat]] = Field(min_length=1, description="(n_rows, n_inputs)")
+    y: list[list[FiniteFloat]] = Field(
+        min_length=1, description="(n_rows, n_outputs); classification: one column of class indices"
+    )
+    feature_names: list[Identifier] | None = None
+    target_names: list[Identifier] | None = None
+
+    @model_validator(mode="after")
+    def _rectangular(self) -> "InlineArrays":
+        for label, rows in (("X", self.X), ("y", self.y)):
+            width = len(rows[0])
+            if width == 0:
+                raise ValueError(f"{label} row 0 is empty")
+            for index, row in enumerate(rows):
+                if len(row) != width:
+                    raise ValueError(f"{label} row {index} has {len(row)} values, expected {width} like row 0")
+        if len(self.X) != len(self.y):
+            raise ValueError(f"X has {len(self.X)} rows but y has {len(self.y)}")
+        if self.feature_names is not None and len(self.feature_names) != len(self.X[0]):
+            raise ValueError(f"feature_names has {len(self.feature_names)} names for {len(self.X[0])} columns of X")
+        if self.target_names is not None and len(self.target_names) != len(self.y[0]):
+            raise ValueError(f"target_names has {len(self.target_names)} names for {len(self.y[0])} columns of y")
+        return self
+
+
+class InlineSource(StrictModel):
+    inline: InlineArrays
+
+
+class DatasetSource(StrictModel):
+    dataset_id: str = Field(max_length=64)
+    target: list[str] = Field(min_length=1, description="Target column names.")
+    features: list[str] | None = Field(None, description="Input column names; default: all other columns.")
+
+
+def _data_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kinds = [kind for kind in ("formula", "inline", "dataset_id") if kind in value]
+        if len(kinds) == 1:
+            return kinds[0]
+    elif isinstance(value, BaseModel):
+        return {FormulaSource: "formula", InlineSource: "inline", DatasetSource: "dataset_id"}.get(type(value))
+    return None
+
+
+DataSource = Annotated[
+    Union[
+        Annotated[FormulaSource, Tag("formula")],
+        Annotated[InlineSource, Tag("inline")],
+        Annotated[DatasetSource, Tag("dataset_id")],
+    ],
+    Discriminator(
+        _data_kind,
+        custom_error_type="data_source",
+        custom_error_message="data must be an object with exactly one of 'formula', 'inline' or 'dataset_id'",
+    ),
+]
+
+
+class ModelSpec(StrictModel):
+    width: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, examples=[[2, 5, 1]])
+    grid: int | None = Field(None, ge=1, description="Default and required value: train.grid_schedule[0].")
+    k: int = Field(3, ge=1, le=5)
+    seed: int = 0
+
+
+class TrainSpec(StrictModel):
+    optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    grid_schedule: list[Annotated[int, Field(ge=1)]] = Field([3, 5, 10, 20], min_length=1, max_length=20)
+    steps_per_grid: int = Field(200, ge=1)
+    lr: FiniteFloat | None = Field(None, gt=0, description="Default: 1.0 for lbfgs, 0.01 for adam.")
+    batch_size: int | None = Field(None, ge=1)
+    lamb: FiniteFloat = Field(0.0, ge=0)
+    lamb_l1: FiniteFloat = Field(1.0, ge=0)
+    lamb_entropy: FiniteFloat = Field(2.0, ge=0)
+    val_fraction: FiniteFloat = Field(0.2, ge=0, lt=0.9)
+    patience: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @field_validator("grid_schedule")
+    @classmethod
+    def _increasing(cls, schedule: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(schedule, schedule[1:])):
+            raise ValueError(f"grid_schedule must be strictly increasing, got {schedule}")
+        return schedule
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1.0 if self.optimizer == "lbfgs" else 0.01
+
+
+class SymbolicSpec(StrictModel):
+    enabled: bool = True
+    prune: bool = False
+    prune_threshold: FiniteFloat = Field(0.01, ge=0)
+    library: list[str] | None = Field(None, max_length=50, examples=[["x", "x^2", "sin", "exp"]])
+
+
+class ExportSpec(StrictModel):
+    onnx: bool = True
+    plots: bool = True
+
+
+class JobSpec(StrictModel):
+    name: Name = Field(examples=["hellokan"])
+    task: Literal["regression", "classification"] = "regression"
+    data: DataSource
+    model: ModelSpec
+    train: TrainSpec = TrainSpec()
+    symbolic: SymbolicSpec = SymbolicSpec()
+    export: ExportSpec = ExportSpec()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue: ``cuda`` jobs need a worker with a GPU."""
+        return "gpu" if self.device == "cuda" else "train"
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.train.grid_schedule) * self.train.steps_per_grid
