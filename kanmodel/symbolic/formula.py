@@ -1,0 +1,109 @@
+"""The `Formula` result and numpy evaluation of sympy expressions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import sympy
+
+
+def numpy_function(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Callable[..., np.ndarray]:
+    """expr as a numpy function of `symbols` (positional arrays), constants broadcast."""
+    raw = sympy.lambdify(symbols, expr, modules="numpy", cse=True)
+
+    def call(*args: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            out = raw(*args)
+        shape = np.broadcast_shapes(*(np.shape(a) for a in args)) if args else ()
+        return np.broadcast_to(np.asarray(out, dtype=np.float64), shape).copy() if shape \
+            else np.asarray(out, dtype=np.float64)
+
+    return call
+
+
+def evaluate(expr: sympy.Expr, symbols: list[sympy.Symbol], X: np.ndarray) -> np.ndarray:
+    """expr at the rows of X (batch, len(symbols)) -> (batch,), float64."""
+    X = np.asarray(X, dtype=np.float64)
+    return numpy_function(expr, symbols)(*X.T)
+
+
+def rmse(pred: np.ndarray, y: np.ndarray) -> float:
+    """Root mean squared error; inf when the prediction has non-finite values."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if not np.isfinite(pred).all():
+        return float("inf")
+    return float(np.sqrt(np.mean((pred - np.asarray(y, dtype=np.float64)) ** 2)))
+
+
+def r2_score(pred: np.ndarray, y: np.ndarray) -> float:
+    """Coefficient of determination; -inf for non-finite predictions."""
+    y = np.asarray(y, dtype=np.float64)
+    err = rmse(pred, y)
+    if not np.isfinite(err):
+        return float("-inf")
+    var = float(np.var(y))
+    return 1.0 - err ** 2 / var if var > 0 else (1.0 if err == 0 else float("-inf"))
+
+
+@dataclass
+class Formula:
+    """One output's formula in the user's variables.
+
+    expr: sympy expression over `symbols` (one per variable, same order).
+    r2, rmse: on held-out data, the formula's own error, whatever it is.
+    spline_rmse: the trained model's error on the same held-out data, for comparison.
+    """
+
+    expr: sympy.Expr
+    variables: list[str]
+    r2: float = float("nan")
+    rmse: float = float("nan")
+    output: str = "y"
+    spline_rmse: float = float("nan")
+    symbols: list[sympy.Symbol] = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.symbols is None:
+            by_name = {s.name: s for s in self.expr.free_symbols}
+            self.symbols = [by_name.get(v, sympy.Symbol(v, real=True)) for v in self.variables]
+        self._func = None
+
+    @property
+    def text(self) -> str:
+        return str(self.expr)
+
+    @property
+    def latex(self) -> str:
+        return sympy.latex(self.expr)
+
+    @property
+    def func(self) -> Callable[[np.ndarray], np.ndarray]:
+        """numpy callable: X (batch, n_variables) -> (batch,)."""
+        if self._func is None:
+            f = numpy_function(self.expr, self.symbols)
+            n = len(self.symbols)
+
+            def call(X: np.ndarray) -> np.ndarray:
+                X = np.asarray(X, dtype=np.float64)
+                if X.ndim != 2 or X.shape[1] != n:
+                    raise ValueError(f"Formula.func: expected X of shape (batch, {n}), got {X.shape}")
+                out = f(*X.T)
+                return np.broadcast_to(out, (X.shape[0],)).copy()
+
+            self._func = call
+        return self._func
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> "Formula":
+        """Set r2 and rmse from data (X (batch, n), y (batch,)); returns self."""
+        pred = self.func(X)
+        self.rmse = rmse(pred, y)
+        self.r2 = r2_score(pred, y)
+        return self
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "variables": list(self.variables), "text": self.text,
+                "latex": self.latex, "r2": self.r2, "rmse": self.rmse, "spline_rmse": self.spline_rmse}
+
+    def __repr__(self) -> str:
+        return f"Formula({self.output} = {self.text}, r2={self.r2:.6g}, rmse={self.rmse:.3g})"
