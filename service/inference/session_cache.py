@@ -96,6 +96,11 @@ class OnnxSessionCache(Generic[Predictor]):
         with self._lock:
             return list(self._entries)
 
+    def get_if_cached(self, key: CacheKey) -> Predictor | None:
+        """The cached predictor (counted as a hit), or None without counting a miss:
+        lets an event loop serve hits inline and send only misses to a thread."""
+        return self._lookup(key)
+
     def get(self, key: CacheKey, load_bytes: Callable[[], bytes]) -> Predictor:
         predictor = self._lookup(key)
         if predictor is not None:

@@ -1,0 +1,143 @@
+"""POST /v1/models/{name}/predict (latest version) and
+/v1/models/{name}/versions/{version}/predict: predictions from the stored ONNX graphs.
+
+Request: {"inputs": [[x0, x1, ...], ...]} (positional rows) or
+{"inputs": {"x0": [...], "x1": [...]}} (named columns), "engine": "spline" | "formula".
+Response: {"model", "version", "engine", "outputs": [[...]], "extrapolated": [bool per
+row]} plus "probabilities" and "labels" for classification. A row is "extrapolated"
+when any input lies outside the model's training range: the answer is still given
+(the spline part is held at its edge value there) but is an extrapolation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from service.api.deps import bearer_scheme
+from service.inference.inputs import InputError, columns_matrix, extrapolated_rows
+from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized
+from service.inference.onnx_predictor import OnnxPredictor, PredictorInputError
+from service.inference.runtime import Inference
+
+router = APIRouter(tags=["predict"])
+
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Rows = list[list[Finite]]
+Columns = dict[str, list[Finite]]
+_ROWS, _COLUMNS = TypeAdapter(Rows), TypeAdapter(Columns)
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"inputs": [[0.5, -0.25]], "engine": "spline"},
+        {"inputs": {"x0": [0.5, 0.1], "x1": [-0.25, 0.3]}, "engine": "formula"}]})
+
+    inputs: Rows | Columns = Field(description="Positional rows, or named columns.")
+    engine: Literal["spline", "formula"] = Field(
+        "spline", description="'spline': the trained network's graph; 'formula': the extracted "
+                              "closed-form formulas' graph.")
+
+    @field_validator("inputs", mode="wrap")
+    @classmethod
+    def _rows_or_columns(cls, value: Any, _handler):
+        # Validate against the one shape the client chose, so errors speak of that shape
+        # (a plain union reports failures against both).
+        adapter = _COLUMNS if isinstance(value, dict) else _ROWS
+        return adapter.validate_python(value)
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    engine: str
+    outputs: list[list[float]] = Field(description="(rows, n_outputs): regression values, or "
+                                                   "class logits for classification.")
+    output_names: list[str]
+    extrapolated: list[bool] | None = Field(None, description="Per row: any input outside the "
+                                                              "training range.")
+    probabilities: list[list[float]] | None = None
+    labels: list[str] | None = None
+
+
+def _api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
+    return credentials.credentials if credentials else None
+
+
+def _to_matrix(inputs, max_rows: int):
+    def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
+        if isinstance(inputs, dict):
+            n_rows = len(next(iter(inputs.values()), []))
+        else:
+            n_rows = len(inputs)
+        if n_rows > max_rows:
+            raise TooManyRows(f"inputs: {n_rows} rows is more than the limit of {max_rows} per request")
+        if isinstance(inputs, dict):
+            return predictor.validate(columns_matrix(inputs, served.input_names))
+        return predictor.validate(inputs)
+    return convert
+
+
+class TooManyRows(ValueError):
+    pass
+
+
+def _response(result: Inference) -> Response:
+    served, outputs = result.served, result.outputs
+    main = outputs[result.predictor.output_names[0]]
+    body: dict[str, Any] = {
+        "model": served.name, "version": served.version, "engine": served.engine,
+        "outputs": main, "output_names": list(served.output_names),
+        "extrapolated": extrapolated_rows(result.x, result.input_ranges),
+    }
+    if served.task == "classification":
+        probabilities = outputs.get("probabilities")
+        if probabilities is None:  # a formula graph gives logits only
+            shifted = np.exp(main - main.max(axis=1, keepdims=True))
+            probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        body["probabilities"] = probabilities
+        body["labels"] = [served.output_names[i] for i in probabilities.argmax(axis=1)]
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")
+
+
+async def _predict(request: Request, name: str, version: int | None, body: PredictRequest,
+                   api_key: str | None) -> Response:
+    runtime = request.app.state.inference
+    try:
+        result = await runtime.infer(api_key, name, version, body.engine,
+                                     _to_matrix(body.inputs, runtime.settings.predict_max_rows))
+    except Unauthorized as exc:
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    except ModelNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except TooManyRows as exc:
+        raise HTTPException(413, str(exc)) from None
+    except (InputError, PredictorInputError) as exc:
+        raise HTTPException(422, str(exc).replace("input:", "inputs:", 1)) from None
+    return _response(result)
+
+
+_DOC = {"response_model": PredictResponse, "responses": {
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "no such model or version among the caller's models"},
+    413: {"description": "more rows than KANSERVE_PREDICT_MAX_ROWS"},
+    422: {"description": "inputs do not fit the model (count, names, non-finite values)"}}}
+
+
+@router.post("/v1/models/{name}/predict", summary="Predict with the latest version", **_DOC)
+async def predict_latest(request: Request, body: PredictRequest, name: str = Path(max_length=100),
+                         api_key: str | None = Depends(_api_key)) -> Response:
+    return await _predict(request, name, None, body, api_key)
+
+
+@router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one version", **_DOC)
+async def predict_version(request: Request, body: PredictRequest, name: str = Path(max_length=100),
+                          version: int = Path(ge=1), api_key: str | None = Depends(_api_key)) -> Response:
+    return await _predict(request, name, version, body, api_key)

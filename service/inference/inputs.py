@@ -1,0 +1,67 @@
+"""Turn validated request inputs into the (rows, n_in) float32 matrix a graph takes,
+and flag rows outside the training range. Errors name the field and the problem."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """A request's inputs do not fit the model; the message is shown to the client."""
+
+
+def rows_matrix(rows: Sequence[Sequence[float]], input_names: Sequence[str],
+                field: str = "inputs") -> np.ndarray:
+    """Positional rows [[x0, x1, ...], ...] -> (rows, n_in) float32."""
+    n_in = len(input_names)
+    if len(rows) == 0:
+        raise InputError(f"{field}: empty batch, send at least one row")
+    for i, row in enumerate(rows):
+        if len(row) != n_in:
+            raise InputError(f"{field}[{i}]: expected {n_in} values ({', '.join(input_names)}), "
+                             f"got {len(row)}")
+    return _finite(np.asarray(rows, dtype=np.float32), field)
+
+
+def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence[str],
+                   field: str = "inputs") -> np.ndarray:
+    """Named columns {"x0": [...], "x1": [...]} -> (rows, n_in) float32, in the
+    model's input order."""
+    missing = [n for n in input_names if n not in columns]
+    unknown = [n for n in columns if n not in input_names]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {missing}")
+        if unknown:
+            parts.append(f"unknown column(s) {unknown}")
+        raise InputError(f"{field}: {'; '.join(parts)}; the model takes {list(input_names)}")
+    lengths = {n: len(columns[n]) for n in input_names}
+    if len(set(lengths.values())) != 1:
+        raise InputError(f"{field}: columns differ in length {lengths}")
+    if next(iter(lengths.values())) == 0:
+        raise InputError(f"{field}: empty batch, send at least one row")
+    matrix = np.asarray([columns[n] for n in input_names], dtype=np.float32).T
+    return _finite(np.ascontiguousarray(matrix), field)
+
+
+def _finite(matrix: np.ndarray, field: str) -> np.ndarray:
+    # float32 overflow (|x| > 3.4e38) turns a finite JSON number into inf.
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{field}: row {row}, input {col} is not a finite float32 number")
+    return matrix
+
+
+def extrapolated_rows(x: np.ndarray, ranges: Sequence[Sequence[float]] | None) -> list[bool] | None:
+    """x: (rows, n_in); ranges: per input [low, high] of the training range.
+    True for a row with any input outside its range, where the spline part of the
+    model is held constant (see the out-of-grid rule) and answers are extrapolations."""
+    if ranges is None:
+        return None
+    bounds = np.asarray(ranges, dtype=np.float64)
+    outside = (x < bounds[:, 0]) | (x > bounds[:, 1])
+    return outside.any(axis=1).tolist()

@@ -1,0 +1,141 @@
+"""The gateway's inference engine: the caller's model looked up, its graph taken from
+the session cache, run off the event loop on a dedicated thread pool, optionally
+micro-batched per graph. One InferenceRuntime per process (app.state.inference).
+
+Hot path without batching: one hop to the pool does the lookup query, the cache
+access, the input conversion and the onnxruntime call; with batching, one hop for
+the lookup and conversion, then the batcher's (shared) call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import sqlalchemy as sa
+
+from service.inference.batcher import MicroBatcher
+from service.inference.model_lookup import (ServedModel, find_served_model, read_artifact,
+                                            recent_served_models)
+from service.inference.onnx_predictor import OnnxPredictor
+from service.inference.session_cache import CacheKey, OnnxSessionCache
+from service.inference.settings import ServingSettings
+
+# to_matrix(served, predictor) -> (rows, n_in) float32; raises on bad input.
+ToMatrix = Callable[[ServedModel, OnnxPredictor], np.ndarray]
+
+
+@dataclass
+class Inference:
+    served: ServedModel
+    predictor: OnnxPredictor
+    x: np.ndarray                      # (rows, n_in) float32, as run
+    outputs: dict[str, np.ndarray]     # graph output name -> (rows, width)
+    input_ranges: list[list[float]] | None  # per input [low, high] of the training range
+
+
+def input_ranges(predictor: OnnxPredictor) -> list[list[float]] | None:
+    text = predictor.metadata.get("input_ranges")
+    return json.loads(text) if text else None
+
+
+class InferenceRuntime:
+    def __init__(self, settings: ServingSettings, db: sa.Engine,
+                 on_batch: Callable[[int, int], None] | None = None,
+                 on_cache_hit: Callable[[], None] | None = None,
+                 on_cache_miss: Callable[[], None] | None = None):
+        self.settings = settings
+        self.db = db
+        self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
+        self.cache: OnnxSessionCache[OnnxPredictor] = OnnxSessionCache(
+            OnnxPredictor, settings.session_cache_max_sessions, settings.session_cache_max_bytes,
+            on_hit=on_cache_hit, on_miss=on_cache_miss)
+        self._on_batch = on_batch
+        self._batchers: dict[CacheKey, MicroBatcher] = {}
+
+    # -- blocking parts, run on the pool ------------------------------------------------
+    def resolve(self, api_key: str | None, name: str, version: int | None,
+                engine: str) -> tuple[ServedModel, OnnxPredictor, list[list[float]] | None]:
+        """The caller's model version, its loaded graph and the training ranges."""
+        with self.db.connect() as conn:
+            served = find_served_model(conn, api_key, name, version, engine)
+            predictor = self._graph(conn, served)
+            ranges = input_ranges(predictor)
+            if ranges is None and engine == "formula":
+                # Formula graphs may not carry the ranges; the spline graph of the same version does.
+                try:
+                    spline = find_served_model(conn, api_key, name, served.version, "spline")
+                    ranges = input_ranges(self._graph(conn, spline))
+                except LookupError:
+                    ranges = None
+        return served, predictor, ranges
+
+    def _graph(self, conn: sa.Connection, served: ServedModel) -> OnnxPredictor:
+        key = CacheKey(served.model_id, served.sha256, served.engine)
+        return self.cache.get(key, partial(read_artifact, conn, served.model_id, served.artifact_kind))
+
+    def _prepare(self, api_key, name, version, engine, to_matrix: ToMatrix):
+        served, predictor, ranges = self.resolve(api_key, name, version, engine)
+        return served, predictor, ranges, to_matrix(served, predictor)
+
+    def _prepare_and_run(self, api_key, name, version, engine, to_matrix: ToMatrix) -> Inference:
+        served, predictor, ranges, x = self._prepare(api_key, name, version, engine, to_matrix)
+        if self._on_batch:
+            self._on_batch(1, x.shape[0])
+        return Inference(served, predictor, x, predictor.predict(x), ranges)
+
+    def warm(self) -> int:
+        """Load the most recently registered versions' graphs; returns how many loaded."""
+        if self.settings.warm_models == 0:
+            return 0
+        with self.db.connect() as conn:
+            items = [(CacheKey(s.model_id, s.sha256, s.engine),
+                      partial(read_artifact, conn, s.model_id, s.artifact_kind))
+                     for s in recent_served_models(conn, self.settings.warm_models)]
+            return self.cache.warm(items)
+
+    # -- the event loop's side ----------------------------------------------------------
+    async def call(self, fn, *args):
+        """Run a blocking function on the inference pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
+
+    async def infer(self, api_key: str | None, name: str, version: int | None, engine: str,
+                    to_matrix: ToMatrix) -> Inference:
+        if not self.settings.batching:
+            return await self.call(self._prepare_and_run, api_key, name, version, engine, to_matrix)
+        served, predictor, ranges, x = await self.call(
+            self._prepare, api_key, name, version, engine, to_matrix)
+        key = CacheKey(served.model_id, served.sha256, served.engine)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            self._drop_stale_batchers()
+            batcher = self._batchers[key] = MicroBatcher(
+                partial(_run_graph, predictor), self.executor, self.settings.batch_max_rows,
+                self.settings.batch_max_delay_us, self._on_batch)
+        values = await batcher.submit(x)
+        return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
+
+    def invalidate_model(self, model_id: str) -> None:
+        """Forget a deleted model version's graphs and batchers in this process."""
+        self.cache.invalidate_model(model_id)
+        for key in [k for k in self._batchers if k.model_id == model_id]:
+            del self._batchers[key]
+
+    def _drop_stale_batchers(self) -> None:
+        # A batcher outlives its graph's cache entry only until the next new batcher.
+        for key in [k for k in self._batchers if k not in self.cache]:
+            del self._batchers[key]
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_graph(predictor: OnnxPredictor, x: np.ndarray) -> list[np.ndarray]:
+    """(rows, n_in) -> the graph's outputs in predictor.output_names order."""
+    outputs = predictor.predict(x)
+    return [outputs[name] for name in predictor.output_names]

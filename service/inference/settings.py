@@ -1,0 +1,27 @@
+"""Serving settings (environment prefix ``KANSERVE_``, like service.config.Settings).
+
+Kept apart from the gateway's Settings so the inference path can be configured and
+tested on its own; every field has a default, so nothing needs setting.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KANSERVE_", extra="ignore")
+
+    predict_max_rows: int = Field(10_000, ge=1, description="Rows one predict/infer request may send.")
+    session_cache_max_sessions: int = Field(64, ge=1, description="ONNX sessions kept per process.")
+    session_cache_max_bytes: int = Field(512 * 1024 * 1024, ge=1,
+                                         description="ONNX bytes kept per process.")
+    warm_models: int = Field(8, ge=0, description="Most recently registered model versions "
+                                                  "loaded at start-up (0: none).")
+    inference_threads: int = Field(2, ge=1, description="Threads running onnxruntime calls.")
+    batching: bool = Field(False, description="Merge concurrent requests to one model into one "
+                                              "onnxruntime call (see docs/benchmarks.md).")
+    batch_max_rows: int = Field(256, ge=1, description="Most rows merged into one call.")
+    batch_max_delay_us: int = Field(0, ge=0, description="How long an idle model waits for "
+                                                         "company before running a request.")

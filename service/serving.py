@@ -1,0 +1,67 @@
+"""Wires the serving side into the gateway app: the inference runtime, the predict and
+V2 routers, /metrics with its middleware, and the offline /docs and /redoc pages.
+
+create_app calls `install_serving(app)` once, and enters `serving_lifespan(app)`
+inside its lifespan (warm-up at start, thread pool shut down at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from service.api import predict, v2
+from service.api.docs import install_docs
+from service.db.models import Job
+from service.inference.runtime import InferenceRuntime
+from service.inference.settings import ServingSettings
+from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.metrics import router as metrics_router
+
+log = logging.getLogger(__name__)
+
+
+def install_serving(app: FastAPI, engine: sa.Engine, settings: ServingSettings | None = None) -> None:
+    settings = settings or ServingSettings()
+    metrics = ServiceMetrics()
+    runtime = InferenceRuntime(settings, engine, on_batch=metrics.observe_batch,
+                               on_cache_hit=metrics.cache_hits.inc, on_cache_miss=metrics.cache_misses.inc)
+    metrics.gauges.cache_stats = lambda: {"entries": len(runtime.cache), "bytes": runtime.cache.total_bytes}
+    metrics.gauges.jobs_by_status = lambda: _jobs_by_status(engine)
+    app.state.metrics = metrics
+    app.state.inference = runtime
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for router in (predict.router, v2.router, metrics_router):
+        app.include_router(router)
+    install_docs(app, title=app.title)
+
+
+@asynccontextmanager
+async def serving_lifespan(app: FastAPI):
+    runtime: InferenceRuntime = app.state.inference
+    # Warm in the background: the server listens at once; early requests for a model
+    # still loading wait on the cache's per-key load instead of loading it twice.
+    warming = runtime.executor.submit(_warm, runtime)
+    try:
+        yield
+    finally:
+        warming.cancel()
+        runtime.close()
+
+
+def _warm(runtime: InferenceRuntime) -> None:
+    try:
+        loaded = runtime.warm()
+    except Exception:  # a cold cache only costs the first requests their load
+        log.exception("warming the ONNX session cache failed")
+        return
+    log.info("warmed %d ONNX sessions", loaded)
+
+
+def _jobs_by_status(engine: sa.Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(Job.status, sa.func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}
