@@ -2,7 +2,8 @@
 
 Every user-facing row carries ``owner_key_id``: a key only ever sees its own rows.
 Binary payloads (dataset arrays, checkpoints, ONNX files, PNGs) live in the database
-so that a gateway and a worker on different machines need nothing else shared.
+so that a gateway and a worker on different machines need nothing else shared; they
+are deferred, so listing rows never drags the bytes along.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ class Dataset(Base):
     n_rows: Mapped[int]
     sha256: Mapped[str] = mapped_column(sa.String(64))  # of the uploaded bytes
     size_bytes: Mapped[int]
-    values_npy: Mapped[bytes] = mapped_column(sa.LargeBinary)  # float64 (n_rows, n_columns), .npy format
+    values_npy: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)  # float64 (n_rows, n_columns), .npy format
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -102,7 +103,7 @@ class Checkpoint(Base):
     job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     stage: Mapped[int]  # index of the grid stage this checkpoint completes
     grid: Mapped[int]
-    blob: Mapped[bytes] = mapped_column(sa.LargeBinary)  # kanmodel.to_bytes
+    blob: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)  # kanmodel.to_bytes
     sha256: Mapped[str] = mapped_column(sa.String(64))
     size_bytes: Mapped[int]
     history: Mapped[list[Any]]  # loss history up to and including this stage
@@ -150,7 +151,7 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))
     media_type: Mapped[str] = mapped_column(sa.String(100))
     filename: Mapped[str] = mapped_column(sa.String(200))
-    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, deferred=True)
     sha256: Mapped[str] = mapped_column(sa.String(64))
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

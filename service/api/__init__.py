@@ -1,0 +1,1 @@
+"""HTTP routers, one module per resource; service/app.py includes them."""

@@ -1,0 +1,122 @@
+"""Response bodies of the jobs, datasets and models endpoints."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class DatasetRows(BaseModel):
+    """JSON upload of a table (the alternative to a multipart CSV file)."""
+
+    name: str = Field("dataset", max_length=200)
+    columns: list[str] = Field(min_length=1)
+    rows: list[list[Any]] = Field(min_length=1, description="(n_rows, n_columns) numbers")
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str
+    columns: list[str]
+    n_rows: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+class Progress(BaseModel):
+    phase: str | None = Field(None, description="queued, training, symbolic, export, plots, registering, done")
+    stage: int | None = None
+    n_stages: int | None = None
+    grid: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    eta_seconds: float | None = None
+    checkpoints: int = 0
+    resumed_from_stage: int | None = None
+    notes: list[str] = []
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+    url: str
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    status: str
+    queue: str
+    progress: Progress
+    error: str | None
+    cancel_requested: bool
+    deliveries: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    model: ModelRef | None
+    links: dict[str, str]
+    spec: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+    next: str | None
+
+
+class FormulaOut(BaseModel):
+    output_index: int
+    output_name: str
+    expression: str
+    latex: str
+    r2: float | None
+    rmse: float | None
+
+
+class ArtifactOut(BaseModel):
+    kind: str
+    filename: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+
+class ModelVersionOut(BaseModel):
+    name: str
+    version: int
+    job_id: str
+    task: str
+    width: list[int]
+    input_names: list[str]
+    output_names: list[str]
+    metrics: dict[str, Any]
+    created_at: datetime
+    formulas: list[FormulaOut]
+    artifacts: list[ArtifactOut]
+
+
+class ModelOut(BaseModel):
+    name: str
+    latest_version: int
+    versions: list[ModelVersionOut]
+
+
+class ModelSummary(BaseModel):
+    name: str
+    latest_version: int
+    n_versions: int
+    updated_at: datetime
+    url: str
+
+
+class ModelList(BaseModel):
+    items: list[ModelSummary]

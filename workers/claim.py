@@ -1,0 +1,95 @@
+"""The database claim on a job: who runs it, until when, and whether they still do.
+
+A worker owns a running job while its lease is fresh. Every write a worker makes
+is conditioned on its claim token, so a worker that lost its lease (it stalled and
+another worker took over) learns so at its next write and stops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Job, new_id
+from service.db.types import utcnow
+
+
+class LeaseLost(Exception):
+    """Another worker holds this job now; the current attempt must stop without writing."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    token: str
+    deliveries: int  # how many times the job has been claimed, this claim included
+
+
+def claim_job(session_factory: sessionmaker[Session], job_id: str, worker_name: str,
+              lease_seconds: float) -> Claim | None:
+    """Atomically moves a queued job (or a running one whose lease expired) to running."""
+    now, token = utcnow(), new_id()
+    with session_factory() as db:
+        result = db.execute(
+            sa.update(Job)
+            .where(Job.id == job_id,
+                   sa.or_(Job.status == "queued",
+                          sa.and_(Job.status == "running", Job.lease_expires_at < now)))
+            .values(status="running", claim_token=token, claimed_by=worker_name[:200],
+                    lease_expires_at=now + timedelta(seconds=lease_seconds), deliveries=Job.deliveries + 1,
+                    started_at=sa.func.coalesce(Job.started_at, now), updated_at=now)
+        )
+        db.commit()
+        if result.rowcount != 1:
+            return None
+        deliveries = db.scalar(sa.select(Job.deliveries).where(Job.id == job_id))
+    return Claim(job_id=job_id, token=token, deliveries=deliveries)
+
+
+def guarded_update(db: Session, claim: Claim, **values) -> None:
+    """UPDATE the job only while this claim holds it (caller commits); LeaseLost otherwise."""
+    result = db.execute(
+        sa.update(Job).where(Job.id == claim.job_id, Job.claim_token == claim.token, Job.status == "running")
+        .values(updated_at=utcnow(), **values)
+    )
+    if result.rowcount != 1:
+        db.rollback()
+        raise LeaseLost(claim.job_id)
+
+
+def finish(session_factory: sessionmaker[Session], claim: Claim, status: str, error: str | None = None,
+           progress: dict | None = None) -> None:
+    """Ends the job with a terminal status and releases the claim."""
+    values = dict(status=status, error=error, finished_at=utcnow(), claim_token=None, lease_expires_at=None)
+    if progress is not None:
+        values["progress"] = progress
+    with session_factory() as db:
+        guarded_update(db, claim, **values)
+        db.commit()
+
+
+def requeue_stale(session_factory: sessionmaker[Session], limit: int = 100) -> list[tuple[str, str]]:
+    """Puts running jobs whose lease expired back to queued; returns their (id, queue) to re-send.
+
+    A worker killed mid-job leaves its job running with a lease nobody renews. The
+    broker would redeliver the message only after its visibility timeout (hours, so
+    that long jobs are not delivered twice); this makes the job runnable again within
+    a lease.
+    """
+    now = utcnow()
+    requeued = []
+    with session_factory() as db:
+        stale = db.execute(
+            sa.select(Job.id, Job.queue).where(Job.status == "running", Job.lease_expires_at < now).limit(limit)
+        ).all()
+        for job_id, queue in stale:
+            result = db.execute(
+                sa.update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+                .values(status="queued", claim_token=None, claimed_by=None, updated_at=now)
+            )
+            if result.rowcount == 1:
+                requeued.append((job_id, queue))
+        db.commit()
+    return requeued

@@ -1,0 +1,162 @@
+"""What a trained job leaves behind besides the model: pruned network, formulas, ONNX
+graphs, plots. Each step runs when the spec asks for it and the library provides it;
+a step that is unavailable or fails is recorded as a note instead of failing the job,
+because the trained network itself is still worth registering."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import kanmodel
+from service.schemas.jobspec import JobSpec
+from workers.training_data import TrainingData
+
+log = logging.getLogger(__name__)
+PLOT_ROWS = 2_000
+
+
+@dataclass(frozen=True)
+class ArtifactBlob:
+    kind: str
+    filename: str
+    media_type: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class FormulaResult:
+    output_index: int
+    output_name: str
+    expression: str
+    latex: str
+    r2: float | None
+    rmse: float | None
+
+
+@dataclass
+class Outputs:
+    model: kanmodel.KAN
+    formulas: list = field(default_factory=list)  # kanmodel Formula objects
+    artifacts: list[ArtifactBlob] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def formula_rows(self, output_names: list[str]) -> list[FormulaResult]:
+        return [FormulaResult(i, output_names[i], f.text, f.latex, _number(f.r2), _number(f.rmse))
+                for i, f in enumerate(self.formulas)]
+
+
+def _number(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _optional(module: str, name: str) -> Callable | None:
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_rows, val_rows): the same seeded split kanmodel.fit makes, so formula
+    metrics are measured on rows the network never trained on."""
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(int(seed))).numpy()
+    n_val = int(round(n_rows * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
+class OutputBuilder:
+    def __init__(self, spec: JobSpec, data: TrainingData, set_phase: Callable[[str], None]):
+        self.spec, self.data, self.set_phase = spec, data, set_phase
+
+    def build(self, model: kanmodel.KAN) -> Outputs:
+        """Prune and extract formulas (the slow, version-independent part)."""
+        outputs = Outputs(model=model)
+        spec = self.spec
+        if spec.symbolic.enabled and spec.symbolic.prune:
+            self._step(outputs, "prune", lambda: self._prune(outputs))
+        if spec.symbolic.enabled and spec.task == "regression":
+            self.set_phase("symbolic")
+            self._step(outputs, "symbolic extraction", lambda: self._symbolic(outputs))
+        elif spec.symbolic.enabled:
+            outputs.notes.append("symbolic extraction skipped: it is implemented for regression only")
+        return outputs
+
+    def artifacts(self, outputs: Outputs, history: list[dict], version: int) -> list[ArtifactBlob]:
+        """The files of model version ``version`` (its number is written into the ONNX metadata)."""
+        spec = self.spec
+        outputs.artifacts = [ArtifactBlob("checkpoint", f"{spec.name}-v{version}.kan", "application/octet-stream",
+                                          kanmodel.to_bytes(outputs.model))]
+        if spec.export.onnx:
+            self.set_phase("export")
+            self._step(outputs, "ONNX export", lambda: self._export(outputs, version))
+        if spec.export.plots:
+            self.set_phase("plots")
+            self._step(outputs, "plots", lambda: self._plots(outputs, history))
+        return outputs.artifacts
+
+    def _step(self, outputs: Outputs, what: str, run: Callable[[], None]) -> None:
+        try:
+            run()
+        except Exception as exc:
+            log.exception("%s failed", what)
+            outputs.notes.append(f"{what} failed: {type(exc).__name__}: {exc}"[:500])
+
+    def _prune(self, outputs: Outputs) -> None:
+        prune = getattr(kanmodel, "prune", None) or _optional("kanmodel.pruning", "prune")
+        if prune is None:
+            outputs.notes.append("pruning is not available in this build of kanmodel")
+            return
+        outputs.model = prune(outputs.model, self.data.X, threshold=self.spec.symbolic.prune_threshold)
+
+    def _symbolic(self, outputs: Outputs) -> None:
+        auto_symbolic = getattr(kanmodel, "auto_symbolic", None) or _optional("kanmodel.symbolic", "auto_symbolic")
+        if auto_symbolic is None:
+            outputs.notes.append("symbolic extraction is not available in this build of kanmodel")
+            return
+        data, train = self.data, self.spec.train
+        fit_rows, val_rows = held_out_rows(len(data.X), train.val_fraction, train.seed)
+        if len(val_rows) == 0:
+            val_rows = fit_rows
+            outputs.notes.append("formula R2/RMSE are measured on the training rows (val_fraction is 0)")
+        outputs.formulas = list(auto_symbolic(
+            outputs.model, data.X[fit_rows], data.y[fit_rows], library=self.spec.symbolic.library,
+            variables=data.input_names, X_val=data.X[val_rows], y_val=data.y[val_rows],
+            time_budget=self.spec.symbolic.time_budget_seconds))
+
+    def _export(self, outputs: Outputs, version: int) -> None:
+        to_onnx = _optional("kanmodel.export", "to_onnx")
+        if to_onnx is None:
+            outputs.notes.append("ONNX export is not available in this build of kanmodel")
+            return
+        names = dict(name=self.spec.name, version=version, output_names=self.data.output_names)
+        outputs.artifacts.append(ArtifactBlob(
+            "onnx", f"{self.spec.name}-v{version}.onnx", "application/octet-stream",
+            to_onnx(outputs.model, input_names=self.data.input_names, **names)))
+        formula_to_onnx = _optional("kanmodel.export", "formula_to_onnx")
+        if outputs.formulas and formula_to_onnx is not None:
+            outputs.artifacts.append(ArtifactBlob(
+                "formula_onnx", f"{self.spec.name}-v{version}-formula.onnx", "application/octet-stream",
+                formula_to_onnx(outputs.formulas, variables=self.data.input_names, task=self.spec.task, **names)))
+
+    def _plots(self, outputs: Outputs, history: list[dict]) -> None:
+        plot_network = _optional("kanmodel.plots", "plot_network")
+        plot_loss = _optional("kanmodel.plots", "plot_loss")
+        if plot_network is None or plot_loss is None:
+            outputs.notes.append("plots are not available in this build of kanmodel")
+            return
+        outputs.artifacts.append(ArtifactBlob("plot_network", f"{self.spec.name}-network.png", "image/png",
+                                              plot_network(outputs.model, X=self.data.X[:PLOT_ROWS],
+                                                           names=self.data.input_names)))
+        if history:
+            outputs.artifacts.append(ArtifactBlob("plot_loss", f"{self.spec.name}-loss.png", "image/png",
+                                                  plot_loss(history)))

@@ -1,0 +1,75 @@
+"""The Celery task (thin: it calls the pipeline) and the worker's start-up hooks."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+import torch
+from celery import signals
+
+from service.config import get_settings
+from service.db.session import make_engine, make_session_factory
+from workers.celery_app import TRAIN_TASK, app
+from workers.claim import requeue_stale
+from workers.pipeline import run_job
+
+log = logging.getLogger(__name__)
+_state: dict = {}
+
+
+def _session_factory():
+    # One engine per process: prefork children must not share their parent's connections.
+    if _state.get("pid") != os.getpid():
+        _state.update(pid=os.getpid(), factory=make_session_factory(make_engine(get_settings().resolved_database_url)))
+    return _state["factory"]
+
+
+def _set_threads(**_kwargs) -> None:
+    threads = get_settings().torch_threads
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (OMP_WAIT_POLICY=%s)", threads, os.environ.get("OMP_WAIT_POLICY"))
+
+
+signals.worker_init.connect(_set_threads, weak=False)
+signals.worker_process_init.connect(_set_threads, weak=False)
+
+
+@app.task(name=TRAIN_TASK, bind=True)
+def train(self, job_id: str) -> str | None:
+    worker_name = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
+    return run_job(job_id, _session_factory(), get_settings(), worker_name)
+
+
+def sweep_stale_jobs() -> int:
+    """Re-sends jobs whose worker died (their lease expired); returns how many."""
+    requeued = requeue_stale(_session_factory())
+    for job_id, queue in requeued:
+        log.warning("job %s: its worker stopped renewing the lease; re-queued on %s", job_id, queue)
+        app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+    return len(requeued)
+
+
+def _reaper_loop(stop: threading.Event, interval: float) -> None:
+    while True:
+        try:
+            sweep_stale_jobs()
+        except Exception:  # the database may be briefly unavailable; try again next round
+            log.exception("stale-job sweep failed")
+        if stop.wait(interval):
+            return
+
+
+@signals.worker_ready.connect(weak=False)
+def _start_reaper(**_kwargs) -> None:
+    stop = threading.Event()
+    _state["reaper_stop"] = stop
+    threading.Thread(target=_reaper_loop, args=(stop, get_settings().reaper_interval_seconds),
+                     name="stale-job-reaper", daemon=True).start()
+
+
+@signals.worker_shutdown.connect(weak=False)
+def _stop_reaper(**_kwargs) -> None:
+    if "reaper_stop" in _state:
+        _state["reaper_stop"].set()
