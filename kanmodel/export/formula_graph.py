@@ -1,9 +1,13 @@
 """`formula_to_onnx`: closed-form formulas (sympy trees) as an ONNX graph.
 
 The graph computes in float64 (a formula is a handful of scalar ops per row, so
-precision is free) and returns float32 like the spline graph. Functions that
-onnxruntime only implements for float32 (tan, asin, atan, ...) run in float32
-between two casts: relative error ~1e-7 at that node.
+precision is free: a result that is a small difference of large terms keeps its
+relative precision) and returns float32 like the spline graph. onnxruntime has
+no float64 kernels for tan, the hyperbolic functions and their inverses, atan,
+asin, acos and erf: the first ones are written with float64 exp/log/sin/cos,
+the inverse trigonometric functions take the float32 kernel's value and one
+float64 Newton step (float32 error squared: ~1e-14), and erf stays float32
+(relative error ~1e-7).
 """
 
 from __future__ import annotations
@@ -21,21 +25,20 @@ class FormulaExportError(ValueError):
     """A formula holds something that has no ONNX translation."""
 
 
-# sympy function -> (ONNX op, onnxruntime has a float64 kernel)
+# sympy function -> ONNX op with a float64 kernel in onnxruntime
 _UNARY = {
-    sympy.exp: ("Exp", True), sympy.log: ("Log", True), sympy.sin: ("Sin", True),
-    sympy.cos: ("Cos", True), sympy.tan: ("Tan", False), sympy.tanh: ("Tanh", True),
-    sympy.asin: ("Asin", False), sympy.acos: ("Acos", False), sympy.atan: ("Atan", False),
-    sympy.sinh: ("Sinh", False), sympy.cosh: ("Cosh", False), sympy.asinh: ("Asinh", False),
-    sympy.acosh: ("Acosh", False), sympy.atanh: ("Atanh", False), sympy.Abs: ("Abs", True),
-    sympy.sign: ("Sign", True), sympy.erf: ("Erf", False), sympy.floor: ("Floor", True),
-    sympy.ceiling: ("Ceil", True),
+    sympy.exp: "Exp", sympy.log: "Log", sympy.sin: "Sin", sympy.cos: "Cos", sympy.tanh: "Tanh",
+    sympy.Abs: "Abs", sympy.sign: "Sign", sympy.floor: "Floor", sympy.ceiling: "Ceil",
 }
+# functions written with other float64 ops (see _Translator._composite)
+_COMPOSITE = (sympy.tan, sympy.sinh, sympy.cosh, sympy.asinh, sympy.acosh, sympy.atanh,
+              sympy.atan, sympy.asin, sympy.acos, sympy.erf)
 _VARIADIC = {sympy.Min: "Min", sympy.Max: "Max"}
 
 
 def supported_functions() -> list[str]:
-    return sorted([f.__name__ for f in _UNARY] + [f.__name__ for f in _VARIADIC] + ["sqrt", "Pow"])
+    functions = [*_UNARY, *_COMPOSITE, *_VARIADIC]
+    return sorted([f.__name__ for f in functions] + ["sqrt", "Pow"])
 
 
 def formula_to_onnx(formulas, variables=None, name: str = "formula", version=1,
@@ -150,15 +153,58 @@ class _Translator:
             return self._power(expr.base, expr.exp)
         func = type(expr)
         if func in _UNARY and len(expr.args) == 1:
-            op, has_float64 = _UNARY[func]
-            arg = self.node(expr.args[0])
-            if has_float64:
-                return g.op(op, [arg])
-            as32 = g.op("Cast", [arg], to=TensorProto.FLOAT)
-            return g.op("Cast", [g.op(op, [as32])], to=TensorProto.DOUBLE)
+            return g.op(_UNARY[func], [self.node(expr.args[0])])
+        if func in _COMPOSITE and len(expr.args) == 1:
+            return self._composite(func, self.node(expr.args[0]))
         if func in _VARIADIC:
             return g.op(_VARIADIC[func], [self.node(a) for a in expr.args])
         raise self.fail(f"{func.__name__}")
+
+    def _composite(self, func, x: str) -> str:
+        g, c = self.g, self.const
+        if func is sympy.tan:
+            return g.op("Div", [g.op("Sin", [x]), g.op("Cos", [x])])
+        if func in (sympy.sinh, sympy.cosh):
+            up, down = g.op("Exp", [x]), g.op("Exp", [g.op("Neg", [x])])
+            both = g.op("Sub" if func is sympy.sinh else "Add", [up, down])
+            return g.op("Mul", [both, c(0.5)])
+        if func is sympy.asinh:  # sign(x) log(|x| + sqrt(x^2 + 1)): no cancellation for x < 0
+            size = g.op("Abs", [x])
+            root = g.op("Sqrt", [g.op("Add", [g.op("Mul", [size, size]), c(1.0)])])
+            return g.op("Mul", [g.op("Sign", [x]), g.op("Log", [g.op("Add", [size, root])])])
+        if func is sympy.acosh:  # NaN below 1, like numpy
+            root = g.op("Sqrt", [g.op("Sub", [g.op("Mul", [x, x]), c(1.0)])])
+            return g.op("Log", [g.op("Add", [x, root])])
+        if func is sympy.atanh:
+            ratio = g.op("Div", [g.op("Add", [c(1.0), x]), g.op("Sub", [c(1.0), x])])
+            return g.op("Mul", [g.op("Log", [ratio]), c(0.5)])
+        if func is sympy.erf:
+            return self._float32_kernel("Erf", x)
+        return self._newton_inverse(func, x)
+
+    def _float32_kernel(self, op: str, x: str) -> str:
+        as32 = self.g.op("Cast", [x], to=TensorProto.FLOAT)
+        return self.g.op("Cast", [self.g.op(op, [as32])], to=TensorProto.DOUBLE)
+
+    def _newton_inverse(self, func, x: str) -> str:
+        """atan/asin/acos: float32 kernel, then one float64 Newton step on the
+        forward function. Where the step would divide by ~0 (asin, acos at +-1)
+        the float32 value is kept: there the function is flat in relative terms."""
+        g, c = self.g, self.const
+        op = {sympy.atan: "Atan", sympy.asin: "Asin", sympy.acos: "Acos"}[func]
+        y = self._float32_kernel(op, x)
+        sin, cos = g.op("Sin", [y]), g.op("Cos", [y])
+        if func is sympy.atan:  # f(y) = tan y - x: y -= (sin y cos y - x cos^2 y)
+            residual = g.op("Sub", [g.op("Mul", [sin, cos]), g.op("Mul", [x, g.op("Mul", [cos, cos])])])
+            return g.op("Sub", [y, residual])
+        if func is sympy.asin:  # f(y) = sin y - x, f' = cos y
+            slope, residual = cos, g.op("Sub", [sin, x])
+        else:                    # f(y) = cos y - x, f' = -sin y
+            slope, residual = g.op("Neg", [sin]), g.op("Sub", [cos, x])
+        steep = g.op("Greater", [g.op("Abs", [slope]), c(1e-4)])
+        safe_slope = g.op("Where", [steep, slope, c(1.0)])
+        stepped = g.op("Sub", [y, g.op("Div", [residual, safe_slope])])
+        return g.op("Where", [steep, stepped, y])
 
     def _fold(self, op: str, terms: list[str]) -> str:
         out = terms[0]

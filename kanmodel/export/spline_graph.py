@@ -24,7 +24,7 @@ from onnx import TensorProto
 
 from kanmodel.export.metadata import column_names, model_props
 from kanmodel.export.onnx_builder import GraphBuilder, batch_tensor
-from kanmodel.export.piecewise import is_uniform, local_bases, uniform_basis
+from kanmodel.export.piecewise import centred, is_uniform, local_bases, uniform_basis
 
 INPUT = "input"
 OUTPUT = "output"
@@ -43,6 +43,7 @@ class LayerArrays:
     mask: np.ndarray           # (out, in)
     k: int
     base: str
+    uniform: bool              # knots equally spaced: closed-form interval search
 
     @property
     def n_in(self) -> int:
@@ -59,6 +60,8 @@ class LayerArrays:
     def stacked_weight(self) -> np.ndarray:
         """W (in * (1 + G + k), out): base rows first, then input i's G + k spline rows."""
         base_rows = (self.mask * self.base_weight).T
+        if self.base == "zero":
+            base_rows = np.zeros_like(base_rows)
         spline = (self.mask * self.spline_weight)[..., None] * self.coef    # (out, in, G+k)
         spline_rows = spline.reshape(self.n_out, -1).T
         return np.concatenate([base_rows, spline_rows], axis=0)
@@ -73,6 +76,8 @@ def layer_arrays(layer, base: str) -> LayerArrays:
         knots=_numpy(layer.knots), coef=_numpy(layer.coef), base_weight=_numpy(layer.base_weight),
         spline_weight=_numpy(layer.spline_weight), bias=_numpy(layer.bias), mask=_numpy(layer.mask),
         k=int(layer.k), base=base,
+        # Follow the torch layer's choice of path, but never trust a flag the knots contradict.
+        uniform=bool(getattr(layer, "uniform", True)) and is_uniform(_numpy(layer.knots)),
     )
 
 
@@ -112,8 +117,7 @@ def to_onnx(model, name: str = "model", version=1, input_names=None, output_name
 
 
 def _base_name(model, layer) -> str:
-    base = getattr(layer, "base", None) or getattr(model, "base", None) or "silu"
-    return base if isinstance(base, str) else getattr(base, "__name__", str(base))
+    return str(getattr(layer, "base", None) or getattr(model, "base", "silu"))
 
 
 def _standardise_input(g: GraphBuilder, shift: np.ndarray, scale: np.ndarray) -> str:
@@ -129,7 +133,7 @@ def _standardise_input(g: GraphBuilder, shift: np.ndarray, scale: np.ndarray) ->
 def _layer(g: GraphBuilder, x: str, layer: LayerArrays, weight: np.ndarray, bias: np.ndarray,
            output: str | None) -> str:
     """Add one layer's nodes: x (batch, in) -> (batch, out)."""
-    if is_uniform(layer.knots):
+    if layer.uniform:
         values, columns = _uniform_basis_nodes(g, x, layer)
     else:
         values, columns = _adaptive_basis_nodes(g, x, layer)
@@ -146,27 +150,32 @@ def _layer(g: GraphBuilder, x: str, layer: LayerArrays, weight: np.ndarray, bias
 
 
 def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
+    """base(x) (batch, in), the first in columns of the dense row."""
     if base == "silu":
         return g.op("Mul", [x, g.op("Sigmoid", [x])], "silu")
-    if base in ("identity", "linear"):
+    if base == "identity":
         return x
-    raise ValueError(f"base function {base!r} has no ONNX export (supported: silu, identity)")
+    if base == "zero":  # zero-width columns would do, but Pad needs a (batch, ...) tensor to grow
+        return g.op("Mul", [x, g.const(0.0, "zero")], "zeros")
+    raise ValueError(f"base function {base!r} has no ONNX export (supported: silu, identity, zero)")
 
 
 def _uniform_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
-    """Closed form on equally spaced knots, computed like the torch layer:
-    v = (x - t_0) / h clamped to [k, G + k] (the out-of-grid rule), interval
-    m = floor(v) in [k, G + k - 1], u = v - m. Returns values (batch, in, k+1)
-    float and their dense column indices (batch, in, k+1) int64."""
+    """Closed form on equally spaced knots, computed like the torch layer but in the
+    centred coordinate: v = (x - t_0) / h - 1/2 clamped to [k, G + k] - 1/2 (the
+    out-of-grid rule), interval m = round(v) in [k, G + k - 1], s = v - m.
+    (At a knot v is a half-integer and either neighbouring interval gives the same
+    value: the spline is continuous.) Returns values (batch, in, k+1) float and
+    their dense column indices (batch, in, k+1) int64."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
     knots32 = layer.knots.astype(np.float32)
-    origin = knots32[:, 0]
     step = (knots32[:, grid + k] - knots32[:, k]) / np.float32(grid)
-    v = g.op("Div", [g.op("Sub", [x, g.const(origin, "origin")]), g.const(step, "step")], "v")
-    v = g.op("Clip", [v, g.const(k, "lo"), g.const(grid + k, "hi")], "v")
-    interval = g.op("Clip", [g.op("Floor", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
-    u = g.op("Sub", [v, interval], "u")
-    values = _polynomial_nodes(g, u, uniform_basis(k))
+    centre_of_first = knots32[:, 0] + step / np.float32(2)
+    v = g.op("Div", [g.op("Sub", [x, g.const(centre_of_first, "origin")]), g.const(step, "step")], "v")
+    v = g.op("Clip", [v, g.const(k - 0.5, "lo"), g.const(grid + k - 0.5, "hi")], "v")
+    interval = g.op("Clip", [g.op("Round", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
+    s = g.op("Sub", [v, interval], "s")
+    values = _polynomial_nodes(g, s, centred(uniform_basis(k)))
     # Column of basis value j: n_in base columns, then input i's block, then m - k + j.
     offsets = n_in + np.arange(n_in)[:, None] * (grid + k) + np.arange(k + 1)[None, :] - k
     columns = g.op("Add", [_unsqueeze(g, interval), g.const(offsets, "offsets")])
@@ -175,7 +184,7 @@ def _uniform_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[s
 
 def _adaptive_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
     """Any increasing knots: the interval is the number of interior knots <= x
-    (x clamped to the domain), u = (x - t_m) / (t_{m+1} - t_m) and the basis
+    (x clamped to the domain), s = (x - centre_m) / width_m and the basis
     polynomials of that interval are gathered from a (in * G, k+1, k+1) table."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
     knots = layer.knots
@@ -189,29 +198,27 @@ def _adaptive_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[
                                   g.const([-1], "axes", np.int64)], "m", keepdims=0)
     row = g.op("Add", [interval, g.const(np.arange(n_in) * grid, "rows", np.int64)], "row")
 
-    left = knots[:, k:k + grid]
-    inv_width = 1.0 / (knots[:, k + 1:k + grid + 1] - left)
-    t_m = g.op("Gather", [g.const(left.reshape(-1), "left"), row], axis=0)
-    inv_w = g.op("Gather", [g.const(inv_width.reshape(-1), "inv_width"), row], axis=0)
-    u = g.op("Mul", [g.op("Sub", [clamped, t_m]), inv_w], "u")
-    table = local_bases(knots, k).reshape(n_in * grid, k + 1, k + 1)
+    left, right = knots[:, k:k + grid], knots[:, k + 1:k + grid + 1]
+    centre = g.op("Gather", [g.const(((left + right) / 2).reshape(-1), "centre"), row], axis=0)
+    inv_width = g.op("Gather", [g.const((1.0 / (right - left)).reshape(-1), "inv_width"), row], axis=0)
+    s = g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
+    table = centred(local_bases(knots, k)).reshape(n_in * grid, k + 1, k + 1)
     polys = g.op("Gather", [g.const(table, "bases"), row], "polys", axis=0)   # (batch, in, k+1, k+1)
-    powers = _powers(g, u, k)
-    values = g.op("ReduceSum", [g.op("Mul", [_unsqueeze(g, powers), polys]), g.const([-2], "axes", np.int64)],
-                  "values", keepdims=0)
+    values = g.op("ReduceSum", [g.op("Mul", [_unsqueeze(g, _powers(g, s, k)), polys]),
+                                g.const([-2], "axes", np.int64)], "values", keepdims=0)
     offsets = n_in + np.arange(n_in)[:, None] * (grid + k) + np.arange(k + 1)[None, :]
     columns = g.op("Add", [_unsqueeze(g, interval), g.const(offsets, "offsets", np.int64)], "columns")
     return values, columns
 
 
-def _powers(g: GraphBuilder, u: str, k: int) -> str:
-    """u (batch, in) -> [u^0 .. u^k] (batch, in, k+1)."""
-    return g.op("Pow", [_unsqueeze(g, u), g.const(np.arange(k + 1), "exponents")], "powers")
+def _powers(g: GraphBuilder, s: str, k: int) -> str:
+    """s (batch, in) -> [s^0 .. s^k] (batch, in, k+1)."""
+    return g.op("Pow", [_unsqueeze(g, s), g.const(np.arange(k + 1), "exponents")], "powers")
 
 
-def _polynomial_nodes(g: GraphBuilder, u: str, matrix: np.ndarray) -> str:
-    """[u^0 .. u^k] @ matrix: (batch, in) -> (batch, in, k+1)."""
-    return g.op("MatMul", [_powers(g, u, matrix.shape[0] - 1), g.const(matrix, "basis_matrix")], "values")
+def _polynomial_nodes(g: GraphBuilder, s: str, matrix: np.ndarray) -> str:
+    """[s^0 .. s^k] @ matrix: (batch, in) -> (batch, in, k+1)."""
+    return g.op("MatMul", [_powers(g, s, matrix.shape[0] - 1), g.const(matrix, "basis_matrix")], "values")
 
 
 def _unsqueeze(g: GraphBuilder, x: str) -> str:
