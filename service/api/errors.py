@@ -11,7 +11,27 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.schemas.jobspec import DATA_SOURCE_TAGS
+
 log = logging.getLogger(__name__)
+
+
+class SpecProblems(Exception):
+    """Checks beyond the schema (limits, data shapes): reported like validation errors."""
+
+    def __init__(self, errors: list[dict]):
+        super().__init__(errors)
+        self.errors = errors
+
+
+def _without_union_tag(loc: tuple) -> list:
+    # pydantic puts the tag of the chosen `data` variant into the path
+    # (body.data.inline.inline.X); clients sent body.data.inline.X.
+    loc = list(loc)
+    for index in range(len(loc) - 1):
+        if loc[index] == "data" and loc[index + 1] in DATA_SOURCE_TAGS:
+            return loc[:index + 1] + loc[index + 2:]
+    return loc
 
 
 def validation_error_body(errors: list[dict]) -> dict:
@@ -24,7 +44,12 @@ def validation_error_body(errors: list[dict]) -> dict:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
+        errors = [{**error, "loc": _without_union_tag(error.get("loc", ()))} for error in exc.errors()]
+        return JSONResponse(validation_error_body(errors), status_code=422)
+
+    @app.exception_handler(SpecProblems)
+    async def _spec_problems(_request: Request, exc: SpecProblems) -> JSONResponse:
+        return JSONResponse(validation_error_body(exc.errors), status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

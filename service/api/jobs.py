@@ -7,12 +7,12 @@ from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import current_key, get_db, get_settings
+from service.api.errors import SpecProblems
 from service.config import Settings
 from service.db.models import TERMINAL_STATUSES, ApiKey, Job, ModelVersion
 from service.db.types import utcnow
@@ -69,7 +69,7 @@ def submit_job(spec: JobSpec, request: Request, response: Response, db: Session 
             return job_out(replay, _model_of(db, replay), with_spec=True)
     problems = find_problems(db, key.id, spec, settings)
     if problems:
-        raise RequestValidationError([problem.as_error() for problem in problems])
+        raise SpecProblems([problem.as_error() for problem in problems])
     try:
         job, created = create_job(db, key.id, spec, digest, idempotency_key, request.app.state.job_queue)
     except IdempotencyConflict as exc:

@@ -66,16 +66,17 @@ class PredictResponse(BaseModel):
     labels: list[str] | None = None
 
 
-def _api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
+async def _api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
     return credentials.credentials if credentials else None
+
+
+def _n_rows(inputs) -> int:
+    return len(next(iter(inputs.values()), [])) if isinstance(inputs, dict) else len(inputs)
 
 
 def _to_matrix(inputs, max_rows: int):
     def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
-        if isinstance(inputs, dict):
-            n_rows = len(next(iter(inputs.values()), []))
-        else:
-            n_rows = len(inputs)
+        n_rows = _n_rows(inputs)
         if n_rows > max_rows:
             raise TooManyRows(f"inputs: {n_rows} rows is more than the limit of {max_rows} per request")
         if isinstance(inputs, dict):
@@ -112,7 +113,8 @@ async def _predict(request: Request, name: str, version: int | None, body: Predi
     runtime = request.app.state.inference
     try:
         result = await runtime.infer(api_key, name, version, body.engine,
-                                     _to_matrix(body.inputs, runtime.settings.predict_max_rows))
+                                     _to_matrix(body.inputs, runtime.settings.predict_max_rows),
+                                     _n_rows(body.inputs))
     except Unauthorized as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     except ModelNotFound as exc:

@@ -152,7 +152,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         return predictor.validate(x)
 
     try:
-        result = await runtime.infer(_api_key(request), name, version_number, engine, to_matrix)
+        n_rows = max((len(x) if x.ndim else 1) for x in parsed.inputs.values())
+        result = await runtime.infer(_api_key(request), name, version_number, engine, to_matrix, n_rows)
     except Unauthorized as exc:
         return _error(str(exc), 401)
     except ModelNotFound as exc:

@@ -2,9 +2,11 @@
 the session cache, run off the event loop on a dedicated thread pool, optionally
 micro-batched per graph. One InferenceRuntime per process (app.state.inference).
 
-Hot path without batching: one hop to the pool does the lookup query, the cache
-access, the input conversion and the onnxruntime call; with batching, one hop for
-the lookup and conversion, then the batcher's (shared) call.
+Hot path: the model version named by a request is remembered for a second
+(LookupCache); with it and the session cached, a small request is converted on the
+event loop and only the onnxruntime call goes to the pool (alone, or merged with
+others by the batcher). Otherwise one hop to the pool does the lookup query, the
+session load, the conversion (and without batching, the run).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Callable
 import numpy as np
 import sqlalchemy as sa
 
+from service.auth import hash_key
 from service.inference.batcher import MicroBatcher
+from service.inference.lookup_cache import LookupCache
 from service.inference.model_lookup import (ServedModel, find_served_model, read_artifact,
                                             recent_served_models)
 from service.inference.onnx_predictor import OnnxPredictor
@@ -28,6 +32,10 @@ from service.inference.settings import ServingSettings
 
 # to_matrix(served, predictor) -> (rows, n_in) float32; raises on bad input.
 ToMatrix = Callable[[ServedModel, OnnxPredictor], np.ndarray]
+
+# Requests of at most this many rows are converted on the event loop (microseconds);
+# bigger ones on the pool, so that one large request cannot stall the others.
+INLINE_ROWS = 64
 
 
 @dataclass
@@ -57,6 +65,7 @@ class InferenceRuntime:
             on_hit=on_cache_hit, on_miss=on_cache_miss)
         self._on_batch = on_batch
         self._batchers: dict[CacheKey, MicroBatcher] = {}
+        self._lookups: LookupCache[tuple[ServedModel, list | None]] = LookupCache(settings.model_lookup_ttl_s)
 
     # -- blocking parts, run on the pool ------------------------------------------------
     def resolve(self, api_key: str | None, name: str, version: int | None,
@@ -73,7 +82,17 @@ class InferenceRuntime:
                     ranges = input_ranges(self._graph(conn, spline))
                 except LookupError:
                     ranges = None
+        self._lookups.put(_lookup_key(api_key, name, version, engine), (served, ranges))
         return served, predictor, ranges
+
+    def _recent(self, api_key, name, version, engine):
+        """(served, predictor, ranges) when both the lookup and the session are cached."""
+        hit = self._lookups.get(_lookup_key(api_key, name, version, engine))
+        if hit is None:
+            return None
+        served, ranges = hit
+        predictor = self.cache.get_if_cached(CacheKey(served.model_id, served.sha256, served.engine))
+        return None if predictor is None else (served, predictor, ranges)
 
     def _graph(self, conn: sa.Connection, served: ServedModel) -> OnnxPredictor:
         key = CacheKey(served.model_id, served.sha256, served.engine)
@@ -105,11 +124,21 @@ class InferenceRuntime:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
 
     async def infer(self, api_key: str | None, name: str, version: int | None, engine: str,
-                    to_matrix: ToMatrix) -> Inference:
-        if not self.settings.batching:
+                    to_matrix: ToMatrix, n_rows: int) -> Inference:
+        """n_rows: how many rows the request holds (decides where it is converted)."""
+        recent = self._recent(api_key, name, version, engine) if n_rows <= INLINE_ROWS else None
+        if recent is not None:
+            served, predictor, ranges = recent
+            x = to_matrix(served, predictor)
+        elif not self.settings.batching:
             return await self.call(self._prepare_and_run, api_key, name, version, engine, to_matrix)
-        served, predictor, ranges, x = await self.call(
-            self._prepare, api_key, name, version, engine, to_matrix)
+        else:
+            served, predictor, ranges, x = await self.call(
+                self._prepare, api_key, name, version, engine, to_matrix)
+        if not self.settings.batching:
+            if self._on_batch:
+                self._on_batch(1, x.shape[0])
+            return Inference(served, predictor, x, await self.call(predictor.predict, x), ranges)
         key = CacheKey(served.model_id, served.sha256, served.engine)
         batcher = self._batchers.get(key)
         if batcher is None:
@@ -122,6 +151,7 @@ class InferenceRuntime:
 
     def invalidate_model(self, model_id: str) -> None:
         """Forget a deleted model version's graphs and batchers in this process."""
+        self._lookups.clear()
         self.cache.invalidate_model(model_id)
         for key in [k for k in self._batchers if k.model_id == model_id]:
             del self._batchers[key]
@@ -133,6 +163,10 @@ class InferenceRuntime:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lookup_key(api_key: str | None, name: str, version: int | None, engine: str) -> tuple:
+    return (hash_key(api_key) if api_key else None, name, version, engine)
 
 
 def _run_graph(predictor: OnnxPredictor, x: np.ndarray) -> list[np.ndarray]:

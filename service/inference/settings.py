@@ -19,6 +19,9 @@ class ServingSettings(BaseSettings):
                                          description="ONNX bytes kept per process.")
     warm_models: int = Field(8, ge=0, description="Most recently registered model versions "
                                                   "loaded at start-up (0: none).")
+    model_lookup_ttl_s: float = Field(1.0, ge=0, description="How long the version a request names "
+                                      "is remembered; a version registered or deleted by another "
+                                      "process is seen within this time (0: look up every request).")
     inference_threads: int = Field(2, ge=1, description="Threads running onnxruntime calls.")
     batching: bool = Field(False, description="Merge concurrent requests to one model into one "
                                               "onnxruntime call (see docs/benchmarks.md).")

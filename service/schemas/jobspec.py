@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator,
+                      model_validator)
 
 from service.formula_grammar import FormulaError, parse_formula
 
@@ -51,12 +52,15 @@ class FormulaSource(StrictModel):
                 raise ValueError(f"range of '{name}' must have low < high, got [{low}, {high}]")
         return ranges
 
-    @model_validator(mode="after")
-    def _variables_have_ranges(self) -> "FormulaSource":
-        missing = sorted(parse_formula(self.formula).variables - set(self.ranges))
-        if missing:
-            raise ValueError(f"formula uses {missing} but ranges only define {list(self.ranges)}")
-        return self
+    @field_validator("ranges")
+    @classmethod
+    def _variables_have_ranges(cls, ranges: dict[str, tuple[float, float]],
+                               info: ValidationInfo) -> dict[str, tuple[float, float]]:
+        if "formula" in info.data:  # absent when the formula itself was rejected
+            missing = sorted(parse_formula(info.data["formula"]).variables - set(ranges))
+            if missing:
+                raise ValueError(f"formula uses {missing} but ranges only define {list(ranges)}")
+        return ranges
 
 
 class InlineArrays(StrictModel):
@@ -95,9 +99,12 @@ class DatasetSource(StrictModel):
     features: list[str] | None = Field(None, description="Input column names; default: all other columns.")
 
 
+DATA_SOURCE_TAGS = ("formula", "inline", "dataset_id")
+
+
 def _data_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        kinds = [kind for kind in ("formula", "inline", "dataset_id") if kind in value]
+        kinds = [kind for kind in DATA_SOURCE_TAGS if kind in value]
         if len(kinds) == 1:
             return kinds[0]
     elif isinstance(value, BaseModel):
