@@ -1,0 +1,185 @@
+"""The worker pipeline as a plain function on a real SQLite database: checkpoints per
+stage, resume after a crash, exactly-once registration, cancel, divergence, poison
+jobs, lease take-over and the stale-job sweep."""
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from kanserve_harness import HELLOKAN_SPEC, api_harness
+from service.db.models import Checkpoint, Job, ModelVersion
+from service.db.types import utcnow
+from workers import pipeline
+from workers.claim import LeaseLost, claim_job, guarded_update, requeue_stale
+from workers.pipeline import run_job
+
+SPEC = copy.deepcopy(HELLOKAN_SPEC)
+SPEC["train"] = {"grid_schedule": [3, 5], "steps_per_grid": 8}
+SPEC["symbolic"] = {"enabled": False}
+SPEC["export"] = {"onnx": True, "plots": False}
+
+
+@pytest.fixture
+def api(tmp_path):
+    with api_harness(tmp_path, progress_interval_seconds=0.02, cancel_poll_seconds=0.02,
+                     job_lease_seconds=5, max_deliveries=3) as harness:
+        yield harness
+
+
+def submit(api, spec=SPEC) -> str:
+    response = api.client.post("/v1/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def job_row(api, job_id) -> Job:
+    with api.session_factory() as db:
+        return db.get(Job, job_id)
+
+
+def count(api, model, **where) -> int:
+    with api.session_factory() as db:
+        return db.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
+
+
+def expire_lease(api, job_id) -> None:
+    with api.session_factory() as db:
+        db.execute(sa.update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        db.commit()
+
+
+class WorkerKilled(BaseException):
+    """Escapes the pipeline's error handling the way SIGKILL does: nothing gets written."""
+
+
+def test_success_checkpoints_every_stage_and_registers_once(api):
+    job_id = submit(api)
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded"
+    job = job_row(api, job_id)
+    assert job.status == "succeeded" and job.deliveries == 1 and job.claim_token is None
+    with api.session_factory() as db:
+        stages = db.execute(sa.select(Checkpoint.stage, Checkpoint.grid).where(Checkpoint.job_id == job_id)
+                            .order_by(Checkpoint.stage)).all()
+    assert [tuple(row) for row in stages] == [(0, 3), (1, 5)]
+    # A redelivered message for a finished job does nothing.
+    assert run_job(job_id, api.session_factory, api.settings, "w2") is None
+    assert count(api, ModelVersion, job_id=job_id) == 1
+    version = api.client.get("/v1/models/hellokan/versions/1").json()
+    assert {a["kind"] for a in version["artifacts"]} >= {"checkpoint", "onnx"}
+
+
+def test_killed_after_a_stage_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(api, monkeypatch):
+    reference_id = submit(api, {**SPEC, "name": "reference"})
+    assert run_job(reference_id, api.session_factory, api.settings, "w0") == "succeeded"
+
+    job_id = submit(api)
+    real_save = pipeline.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise WorkerKilled
+
+    monkeypatch.setattr(pipeline, "save_checkpoint", save_then_die)
+    with pytest.raises(WorkerKilled):
+        run_job(job_id, api.session_factory, api.settings, "w1")
+    monkeypatch.setattr(pipeline, "save_checkpoint", real_save)
+    assert job_row(api, job_id).status == "running" and count(api, Checkpoint, job_id=job_id) == 1
+
+    # While the dead worker's lease is fresh nobody else may run the job...
+    assert run_job(job_id, api.session_factory, api.settings, "w2") is None
+    expire_lease(api, job_id)
+    # ...and once it expires the next delivery resumes at stage 1.
+    assert run_job(job_id, api.session_factory, api.settings, "w2") == "succeeded"
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["deliveries"] == 2 and job["progress"]["resumed_from_stage"] == 1
+    assert count(api, ModelVersion, job_id=job_id) == 1
+    with api.session_factory() as db:
+        history = db.scalar(sa.select(Checkpoint.history).where(Checkpoint.job_id == job_id, Checkpoint.stage == 1))
+    assert {entry["stage"] for entry in history} == {0, 1}  # the loss curve spans the crash
+
+    resumed = api.client.get("/v1/models/hellokan/versions/1").json()["metrics"]
+    reference = api.client.get("/v1/models/reference/versions/1").json()["metrics"]
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
+
+
+def test_cancel_while_running_stops_within_a_few_steps(api):
+    spec = {**SPEC, "train": {"optimizer": "adam", "grid_schedule": [3], "steps_per_grid": 20_000}}
+    job_id = submit(api, spec)
+    seen = {}
+
+    def cancel_when_training():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = api.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] == "running" and (job["progress"].get("step") or 0) >= 3:
+                seen["step"] = job["progress"]["step"]
+                assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+                return
+            time.sleep(0.01)
+
+    canceller = threading.Thread(target=cancel_when_training)
+    canceller.start()
+    started = time.monotonic()
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "cancelled"
+    canceller.join()
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["cancel_requested"] and job["model"] is None
+    assert job["progress"]["step"] < 20_000 and time.monotonic() - started < 30
+    assert count(api, ModelVersion) == 0
+
+
+def test_diverging_loss_fails_with_an_actionable_message(api):
+    spec = {**SPEC, "train": {"optimizer": "adam", "lr": 1e12, "grid_schedule": [3], "steps_per_grid": 50}}
+    job_id = submit(api, spec)
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and "diverged" in job["error"] and "smaller lr" in job["error"]
+    assert count(api, ModelVersion) == 0
+
+
+def test_time_limit_fails_the_job(tmp_path):
+    with api_harness(tmp_path, max_job_seconds=1, cancel_poll_seconds=0.05) as api:
+        spec = {**SPEC, "train": {"optimizer": "adam", "grid_schedule": [3], "steps_per_grid": 50_000}}
+        job_id = submit(api, spec)
+        assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
+        assert "longer than the limit of 1 s" in job_row(api, job_id).error
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_max_deliveries(api):
+    job_id = submit(api)
+    for attempt in range(api.settings.max_deliveries):
+        assert claim_job(api.session_factory, job_id, f"doomed-{attempt}", lease_seconds=5) is not None
+        expire_lease(api, job_id)
+    assert run_job(job_id, api.session_factory, api.settings, "w-last") == "failed"
+    job = job_row(api, job_id)
+    assert job.deliveries == 4 and "started 4 times" in job.error
+
+
+def test_a_worker_that_lost_its_lease_cannot_write(api):
+    job_id = submit(api)
+    stalled = claim_job(api.session_factory, job_id, "stalled", lease_seconds=5)
+    assert claim_job(api.session_factory, job_id, "eager", lease_seconds=5) is None  # lease still fresh
+    expire_lease(api, job_id)
+    assert requeue_stale(api.session_factory) == [(job_id, "train")]
+    assert job_row(api, job_id).status == "queued"
+    assert requeue_stale(api.session_factory) == []  # queued jobs are not touched again
+    taker = claim_job(api.session_factory, job_id, "taker", lease_seconds=5)
+    assert taker is not None and taker.deliveries == 2
+    with api.session_factory() as db, pytest.raises(LeaseLost):
+        guarded_update(db, stalled, progress={"phase": "stale write"})
+    assert job_row(api, job_id).claimed_by == "taker"
+
+
+def test_job_with_a_cuda_device_fails_clearly_on_a_cpu_worker(api):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the job would run")
+    job_id = submit(api, {**SPEC, "device": "cuda"})
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
+    assert "no CUDA device" in job_row(api, job_id).error
