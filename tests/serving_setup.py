@@ -32,34 +32,38 @@ class ServingEnv:
     other_key: str      # another user's key
     other_key_id: str
 
-    def register(self, name: str, version: int, spline_onnx: bytes, *, formula_onnx: bytes | None = None,
-                 task: str = "regression", input_names=("x0", "x1"), output_names=("y0",),
-                 owner_key_id: str | None = None) -> str:
-        """Insert a model version with its artifacts; returns the model row id."""
-        factory = make_session_factory(self.engine)
-        with factory() as db:
-            owner = owner_key_id or self.key_id
-            job = Job(owner_key_id=owner, name=name, status="succeeded", spec={}, spec_sha256="0" * 64,
-                      queue="cpu")
-            db.add(job)
-            db.flush()
-            model = ModelVersion(owner_key_id=owner, name=name, version=version, job_id=job.id, task=task,
-                                 width=[], input_names=list(input_names), output_names=list(output_names),
-                                 metrics={})
-            db.add(model)
-            db.flush()
-            for kind, data in (("onnx", spline_onnx), ("formula_onnx", formula_onnx)):
-                if data is not None:
-                    db.add(Artifact(model_id=model.id, kind=kind, media_type="application/onnx",
-                                    filename=f"{name}-v{version}-{kind}.onnx", data=data,
-                                    sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
-            db.commit()
-            return model.id
+    def register(self, name: str, version: int, spline_onnx: bytes, *, owner_key_id: str | None = None,
+                 **details) -> str:
+        return register_model(self.engine, owner_key_id or self.key_id, name, version, spline_onnx, **details)
 
     def delete(self, model_id: str) -> None:
         with make_session_factory(self.engine)() as db:
             db.delete(db.get(ModelVersion, model_id))
             db.commit()
+
+
+def register_model(engine: sa.Engine, owner_key_id: str, name: str, version: int, spline_onnx: bytes, *,
+                   formula_onnx: bytes | None = None, task: str = "regression", input_names=("x0", "x1"),
+                   output_names=("y0",)) -> str:
+    """Insert a model version with its artifacts (and the finished job it needs);
+    returns the model row id."""
+    with make_session_factory(engine)() as db:
+        job = Job(owner_key_id=owner_key_id, name=name, status="succeeded", spec={}, spec_sha256="0" * 64,
+                  queue="cpu")
+        db.add(job)
+        db.flush()
+        model = ModelVersion(owner_key_id=owner_key_id, name=name, version=version, job_id=job.id, task=task,
+                             width=[], input_names=list(input_names), output_names=list(output_names),
+                             metrics={})
+        db.add(model)
+        db.flush()
+        for kind, data in (("onnx", spline_onnx), ("formula_onnx", formula_onnx)):
+            if data is not None:
+                db.add(Artifact(model_id=model.id, kind=kind, media_type="application/onnx",
+                                filename=f"{name}-v{version}-{kind}.onnx", data=data,
+                                sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
+        db.commit()
+        return model.id
 
 
 def serving_env(tmp_path: Path) -> ServingEnv:

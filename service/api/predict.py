@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from service.api.deps import bearer_scheme
 from service.inference.inputs import InputError, columns_matrix, extrapolated_rows
@@ -66,8 +66,10 @@ class PredictResponse(BaseModel):
     labels: list[str] | None = None
 
 
-async def _api_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> str | None:
-    return credentials.credentials if credentials else None
+def bearer_token(request: Request) -> str | None:
+    """The API key of `Authorization: Bearer <key>`, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _n_rows(inputs) -> int:
@@ -108,11 +110,17 @@ def _response(result: Inference) -> Response:
                     media_type="application/json")
 
 
-async def _predict(request: Request, name: str, version: int | None, body: PredictRequest,
-                   api_key: str | None) -> Response:
+async def _predict(request: Request, name: str, version: int | None) -> Response:
+    # The body is parsed here (pydantic's JSON parser, straight from bytes) rather than
+    # through FastAPI's dependency solving: on a single-row request that machinery cost
+    # more than the prediction (bench/serving.py). The OpenAPI schema is declared below.
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     runtime = request.app.state.inference
     try:
-        result = await runtime.infer(api_key, name, version, body.engine,
+        result = await runtime.infer(bearer_token(request), name, version, body.engine,
                                      _to_matrix(body.inputs, runtime.settings.predict_max_rows),
                                      _n_rows(body.inputs))
     except Unauthorized as exc:
@@ -126,20 +134,28 @@ async def _predict(request: Request, name: str, version: int | None, body: Predi
     return _response(result)
 
 
-_DOC = {"response_model": PredictResponse, "responses": {
-    401: {"description": "missing or invalid API key"},
-    404: {"description": "no such model or version among the caller's models"},
-    413: {"description": "more rows than KANSERVE_PREDICT_MAX_ROWS"},
-    422: {"description": "inputs do not fit the model (count, names, non-finite values)"}}}
+_DOC = {
+    "response_model": PredictResponse,
+    "openapi_extra": {
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": PredictRequest.model_json_schema()}}},
+        "security": [{bearer_scheme.scheme_name: []}],
+    },
+    "responses": {
+        401: {"description": "missing or invalid API key"},
+        404: {"description": "no such model or version among the caller's models"},
+        413: {"description": "more rows than KANSERVE_PREDICT_MAX_ROWS"},
+        422: {"description": "inputs do not fit the model (count, names, non-finite values)"}},
+}
 
 
 @router.post("/v1/models/{name}/predict", summary="Predict with the latest version", **_DOC)
-async def predict_latest(request: Request, body: PredictRequest, name: str = Path(max_length=100),
-                         api_key: str | None = Depends(_api_key)) -> Response:
-    return await _predict(request, name, None, body, api_key)
+async def predict_latest(request: Request, name: str) -> Response:
+    return await _predict(request, name, None)
 
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one version", **_DOC)
-async def predict_version(request: Request, body: PredictRequest, name: str = Path(max_length=100),
-                          version: int = Path(ge=1), api_key: str | None = Depends(_api_key)) -> Response:
-    return await _predict(request, name, version, body, api_key)
+async def predict_version(request: Request, name: str, version: int) -> Response:
+    if version < 1:
+        raise HTTPException(422, f"version must be >= 1, got {version}")
+    return await _predict(request, name, version)

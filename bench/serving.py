@@ -1,0 +1,233 @@
+"""Serving benchmark: the real gateway under uvicorn, driven over loopback by `hey`.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving.py --workers 1 --requests 2000
+
+What it does:
+1. Trains a [2,5,1] regression KAN (hellokan) and a [14,64,32,2] classifier briefly,
+   exports both to ONNX and registers them in a fresh SQLite database (directly, as a
+   finished job would).
+2. Starts `uvicorn --factory serving:bench_app` (the production app plus one no-op
+   POST route that reads the body and answers a constant: the floor of the web stack)
+   with the given number of workers, once per batching mode.
+3. Drives it from a separate process, `hey` (apt-get install hey), with 1, 16 and 64
+   concurrent keep-alive clients for a fixed number of requests per target, after a
+   warm-up, and reports p50/p99 latency, requests/s and rows/s.
+4. Writes the table under "## Serving" in docs/benchmarks.md (--write).
+
+The server-side no-op route lives in this file; the app factory imports nothing
+heavy, so uvicorn workers do not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import Response
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "## Serving"
+
+
+def bench_app():
+    """uvicorn factory: the gateway app plus POST /bench/noop."""
+    from service.app import create_app
+
+    app = create_app()
+
+    @app.post("/bench/noop", include_in_schema=False)
+    async def noop(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    return app
+
+
+# -- setup (parent process only: imports torch) -------------------------------------------
+def train_models(seed: int = 0):
+    import numpy as np
+    import torch
+
+    import kanmodel
+    from kanmodel.export import to_onnx
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(1000, 2))
+    y = np.exp(np.sin(np.pi * x[:, 0]) + x[:, 1] ** 2)
+    small = kanmodel.KAN(width=[2, 5, 1], grid=5, seed=seed)
+    kanmodel.fit(small, x, y, grid_schedule=[5], steps_per_grid=20)
+    xb = rng.normal(size=(2000, 14))
+    yb = (xb[:, :3].sum(axis=1) > 0).astype(np.int64)
+    big = kanmodel.KAN(width=[14, 64, 32, 2], grid=5, seed=seed, task="classification")
+    kanmodel.fit(big, xb, yb, optimizer="adam", grid_schedule=[5], steps_per_grid=30, batch_size=256)
+    return {
+        "small": (to_onnx(small, name="small"), [f"x{i}" for i in range(2)], ["y"], "regression"),
+        "big": (to_onnx(big, name="big"), [f"f{i}" for i in range(14)], ["no", "yes"], "classification"),
+    }
+
+
+def prepare_database(workdir: Path) -> tuple[str, str]:
+    """-> (database url, API key) with both models registered."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from serving_setup import register_model  # the same direct registration the tests use
+
+    from service.auth import create_key
+    from service.db.models import Base
+    from service.db.session import make_engine, make_session_factory
+
+    url = f"sqlite:///{workdir / 'kanserve.db'}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    with make_session_factory(engine)() as db:
+        owner, key = create_key(db, "bench")
+    for name, (blob, inputs, outputs, task) in train_models().items():
+        register_model(engine, owner.id, name, 1, blob, task=task, input_names=inputs, output_names=outputs)
+    engine.dispose()
+    return url, key
+
+
+# -- load --------------------------------------------------------------------------------
+def start_server(url: str, workdir: Path, workers: int, port: int, batching: bool) -> subprocess.Popen:
+    env = dict(os.environ, KANSERVE_DATABASE_URL=url, KANSERVE_DATA_DIR=str(workdir),
+               KANSERVE_BATCHING="true" if batching else "false", OMP_WAIT_POLICY="PASSIVE")
+    cmd = [sys.executable, "-m", "uvicorn", "serving:bench_app", "--factory", "--app-dir", str(REPO / "bench"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+           "--log-level", "warning", "--no-access-log"]
+    server = subprocess.Popen(cmd, env=env, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("uvicorn exited during start-up")
+        probe = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/healthz"], capture_output=True)
+        if probe.returncode == 0:
+            return server
+        time.sleep(0.2)
+    server.terminate()
+    raise RuntimeError("uvicorn did not answer /healthz within 60 s")
+
+
+def hey(url: str, body: str, key: str, requests: int, clients: int) -> dict:
+    """One bounded run: `requests` POSTs from `clients` keep-alive connections."""
+    cmd = ["hey", "-n", str(requests), "-c", str(clients), "-m", "POST", "-T", "application/json",
+           "-H", f"Authorization: Bearer {key}", "-d", body, "-o", "csv", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    latencies = sorted(float(r["response-time"]) for r in rows)
+    statuses = {r["status-code"] for r in rows}
+    if statuses != {"200"}:
+        raise RuntimeError(f"non-200 answers from {url}: {statuses}")
+    # Wall time of the run: from the first request's start to the last one's end.
+    wall = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
+    n = len(latencies)
+    return {"p50_ms": 1e3 * latencies[n // 2], "p99_ms": 1e3 * latencies[min(n - 1, int(n * 0.99))],
+            "req_s": n / wall}
+
+
+def run_targets(port: int, key: str, requests: int, clients_list: list[int]) -> list[dict]:
+    base = f"http://127.0.0.1:{port}"
+    targets = [
+        ("no-op", f"{base}/bench/noop", {"inputs": [[0.5, -0.25]]}, 1),
+        ("[2,5,1] predict", f"{base}/v1/models/small/predict", {"inputs": [[0.5, -0.25]]}, 1),
+        ("[14,64,32,2] predict", f"{base}/v1/models/big/predict", {"inputs": [[0.1] * 14]}, 1),
+        ("[14,64,32,2] predict, 64 rows", f"{base}/v1/models/big/predict", {"inputs": [[0.1] * 14] * 64}, 64),
+    ]
+    results = []
+    for name, url, payload, rows in targets:
+        body = json.dumps(payload)
+        hey(url, body, key, min(200, requests), 4)  # warm-up: sessions loaded, connections open
+        for clients in clients_list:
+            stats = hey(url, body, key, requests, clients)
+            stats.update(target=name, clients=clients, rows_s=stats["req_s"] * rows)
+            results.append(stats)
+            print(f"{name:32s} c={clients:3d}  p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
+                  f"{stats['req_s']:8.0f} req/s  {stats['rows_s']:9.0f} rows/s", flush=True)
+    return results
+
+
+def markdown(all_results: dict[str, list[dict]], command: str, workers: int) -> str:
+    lines = [SECTION, "",
+             f"Command: `{command}` (uvicorn with {workers} worker(s), uvloop + httptools, SQLite; "
+             "load from `hey` in a separate process on loopback; both share the machine's 2 cores). "
+             "The no-op route is a POST in the same app that reads the body and answers a constant "
+             "(same middlewares, no auth, no database).", ""]
+    for mode, results in all_results.items():
+        lines += [f"### Batching {mode}", "",
+                  "| target | clients | p50 ms | p99 ms | req/s | rows/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in results:
+            lines.append(f"| {r['target']} | {r['clients']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['req_s']:.0f} | {r['rows_s']:.0f} |")
+        noop = {r["clients"]: r for r in results if r["target"] == "no-op"}
+        small = {r["clients"]: r for r in results if r["target"] == "[2,5,1] predict"}
+        if 1 in noop and 1 in small:
+            lines.append("")
+            lines.append(f"Targets: single-row [2,5,1] p50 at 1 client = "
+                         f"{small[1]['p50_ms'] / noop[1]['p50_ms']:.2f}x the no-op p50 (target <= 1.5x)")
+        top = max(noop) if noop else None
+        if top in small:
+            lines[-1] += (f"; at {top} clients predict req/s = "
+                          f"{small[top]['req_s'] / noop[top]['req_s']:.2f}x the no-op's (target >= 0.7x).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of docs/benchmarks.md."""
+    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = existing.find(SECTION + "\n")
+    if start < 0:
+        updated = existing.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = existing.find("\n## ", start + len(SECTION))
+        updated = existing[:start] + text + ("\n" + existing[nxt + 1:] if nxt >= 0 else "")
+    DOCS.write_text(updated.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per target and client count")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--batching", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--port", type=int, default=18321)
+    parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        sys.exit("the load generator `hey` is missing: apt-get install hey")
+
+    workdir = Path(tempfile.mkdtemp(prefix="kanserve-bench-"))
+    try:
+        url, key = prepare_database(workdir)
+        modes = ["off", "on"] if args.batching == "both" else [args.batching]
+        all_results = {}
+        for mode in modes:
+            print(f"--- batching {mode}", flush=True)
+            server = start_server(url, workdir, args.workers, args.port, mode == "on")
+            try:
+                all_results[mode] = run_targets(args.port, key, args.requests, args.clients)
+            finally:
+                server.terminate()
+                server.wait(30)
+        command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving.py " + " ".join(sys.argv[1:])
+        text = markdown(all_results, command.strip(), args.workers)
+        print(text)
+        if args.write:
+            write_section(text)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
