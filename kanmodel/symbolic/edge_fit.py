@@ -24,7 +24,10 @@ from .library import LIBRARY, LibraryFunction, resolve_library
 # Outside the tie, R^2 decides alone: a simple function never beats a clearly better fit.
 TIE_FACTOR = 3.0
 TIE_ABS = 1e-7
-N_REFINE_STARTS = 3
+N_REFINE_STARTS = 2
+# Only the functions whose grid search came out best are refined locally; the rest
+# keep their grid result (they are far behind and the refinement costs most of the time).
+N_REFINED_FUNCTIONS = 6
 # A fit whose c*f(...) reaches more than this many times the edge's own size only
 # imitates the edge by cancellation against d (e.g. a huge, almost linear piece of
 # exp): reject it.
@@ -141,27 +144,18 @@ def _refine(fn: LibraryFunction, u: np.ndarray, y: np.ndarray, start: np.ndarray
     return ab if fn.valid(z).all() else start
 
 
-def fit_function(x: np.ndarray, y: np.ndarray, fn: LibraryFunction | str) -> EdgeFit:
-    """Best c*f(a*x+b)+d for one function f. x, y: (N,) samples of the edge."""
-    fn = LIBRARY[fn] if isinstance(fn, str) else fn
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
-    if fn.name == "zero":
-        return EdgeFit("zero", 0.0, 0.0, 0.0, float(y.mean()), 0.0, fn.complexity)
-    if fn.name == "x":
-        c, d, r2 = _project(x[None, :], y)
-        return EdgeFit("x", 1.0, 0.0, float(c[0]), float(d[0]), float(r2[0]), fn.complexity)
+def _x_space(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     mid = 0.5 * (x.max() + x.min())
     half = 0.5 * (x.max() - x.min())
-    u = (x - mid) / half
-    ab, r2 = _grid_search(fn, u, y)
-    if not np.isfinite(r2).any():
-        return EdgeFit(fn.name, 1.0, 0.0, 0.0, float(y.mean()), -np.inf, fn.complexity)
+    return (x - mid) / half, mid, half
+
+
+def _finish(fn: LibraryFunction, u: np.ndarray, y: np.ndarray, starts: list[np.ndarray],
+            mid: float, half: float, refine: bool) -> EdgeFit:
+    """Refine (optionally) from the start points; map the best back to x."""
     best = None
-    for k in np.argsort(-r2)[:N_REFINE_STARTS]:
-        if not np.isfinite(r2[k]):
-            break
-        cand = _refine(fn, u, y, ab[k].copy())
+    for start in starts:
+        cand = _refine(fn, u, y, start.copy()) if refine else start
         with np.errstate(all="ignore"):
             f = fn.numpy(cand[0] * u + cand[1])
         c, d, rr = _project(f[None, :], y)
@@ -171,6 +165,33 @@ def fit_function(x: np.ndarray, y: np.ndarray, fn: LibraryFunction | str) -> Edg
     # back to x: a_u * u + b_u = (a_u / half) * x + (b_u - a_u * mid / half)
     return EdgeFit(fn.name, float(a_u / half), float(b_u - a_u * mid / half), float(c), float(d),
                    float(r2_best), fn.complexity)
+
+
+def _closed_form(fn: LibraryFunction, x: np.ndarray, y: np.ndarray) -> EdgeFit:
+    if fn.name == "zero":
+        return EdgeFit("zero", 0.0, 0.0, 0.0, float(y.mean()), 0.0, fn.complexity)
+    c, d, r2 = _project(x[None, :], y)
+    return EdgeFit("x", 1.0, 0.0, float(c[0]), float(d[0]), float(r2[0]), fn.complexity)
+
+
+def _starts(ab: np.ndarray, r2: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(-r2)[:N_REFINE_STARTS]
+    return [ab[k] for k in order if np.isfinite(r2[k])]
+
+
+def fit_function(x: np.ndarray, y: np.ndarray, fn: LibraryFunction | str) -> EdgeFit:
+    """Best c*f(a*x+b)+d for one function f (grid search, then local refinement).
+    x, y: (N,) samples of the edge."""
+    fn = LIBRARY[fn] if isinstance(fn, str) else fn
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if fn.family == "none":
+        return _closed_form(fn, x, y)
+    u, mid, half = _x_space(x)
+    starts = _starts(*_grid_search(fn, u, y))
+    if not starts:
+        return EdgeFit(fn.name, 1.0, 0.0, 0.0, float(y.mean()), -np.inf, fn.complexity)
+    return _finish(fn, u, y, starts, mid, half, refine=True)
 
 
 def rank(fits: list[EdgeFit]) -> list[EdgeFit]:
@@ -205,5 +226,19 @@ def fit_edge(x: np.ndarray, y: np.ndarray, library: list[str] | None = None) -> 
         raise ValueError("fit_edge: x and y must be finite")
     if is_constant(x, y):
         return [EdgeFit("zero", 0.0, 0.0, 0.0, float(y.mean()), 1.0, 0)]
-    fits = [fit_function(x, y, fn) for fn in resolve_library(library)]
+    u, mid, half = _x_space(x)
+    fits, searched = [], []
+    for fn in resolve_library(library):
+        if fn.family == "none":
+            fits.append(_closed_form(fn, x, y))
+            continue
+        starts = _starts(*_grid_search(fn, u, y))
+        if starts:
+            searched.append((fn, starts))
+        else:
+            fits.append(EdgeFit(fn.name, 1.0, 0.0, 0.0, float(y.mean()), -np.inf, fn.complexity))
+    coarse = [_finish(fn, u, y, starts[:1], mid, half, refine=False) for fn, starts in searched]
+    keep = set(np.argsort([-f.r2 for f in coarse])[:N_REFINED_FUNCTIONS].tolist())
+    for index, (fn, starts) in enumerate(searched):
+        fits.append(_finish(fn, u, y, starts, mid, half, refine=True) if index in keep else coarse[index])
     return rank(fits)

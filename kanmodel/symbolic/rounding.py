@@ -112,12 +112,13 @@ def tidy(expr: sympy.Expr, symbols, X: np.ndarray, y: np.ndarray, tolerance: flo
         current = expanded
     current = round_constants(current, symbols, X, y, tolerance)
     if sympy.count_ops(current) <= MAX_SIMPLIFY_OPS:
-        try:
-            simpler = sympy.simplify(current)
-        except (RecursionError, MemoryError, TypeError, ValueError):
-            simpler = current
-        if sympy.count_ops(simpler) < sympy.count_ops(current) and checker.ok(simpler):
-            current = simpler
-        # simplification can expose new near-nice constants (e.g. products of floats)
-        current = round_constants(current, symbols, X, y, tolerance)
+        for rewrite in (sympy.simplify, lambda e: sympy.simplify(sympy.expand_trig(e))):
+            try:
+                simpler = rewrite(current)
+            except (RecursionError, MemoryError, TypeError, ValueError, AttributeError):
+                continue
+            # a rewrite can multiply fitted floats into near-nice constants: round again
+            simpler = round_constants(simpler, symbols, X, y, tolerance)
+            if sympy.count_ops(simpler) < sympy.count_ops(current) and checker.ok(simpler):
+                current = simpler
     return current

@@ -1,0 +1,227 @@
+"""Symbolic formula recovery benchmark: kanmodel.discover's default recipe on every
+case of ../shared/benchmarks/formulas.json, optionally PyKAN 0.2.8 beside it.
+
+A case is recovered when the formula, evaluated in float64 on 2000 fresh points from
+the case's ranges, has RMSE / std(y) <= 1e-5 (the rule stated in that file).
+
+    .venv/bin/python bench/symbolic.py                       # ours, all cases, writes the docs
+    .venv/bin/python bench/symbolic.py --cases I.12.1 toy-seed --no-docs
+    .venv/bin/python bench/symbolic.py --pykan               # also PyKAN, run in .bench-venv
+
+The PyKAN side runs this same file under .bench-venv/bin/python with --pykan-worker
+(it imports `kan`, never `kanmodel`) and hands back JSON on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES_FILE = ROOT.parent / "shared" / "benchmarks" / "formulas.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "bench" / "results"
+SECTION = "## Symbolic formula recovery"
+N_TRAIN = 2000
+N_TEST = 2000
+RECOVERED = 1e-5
+
+
+def load_cases(ids: list[str] | None) -> list[dict]:
+    cases = json.loads(CASES_FILE.read_text())["cases"]
+    if ids:
+        unknown = set(ids) - {c["id"] for c in cases}
+        if unknown:
+            raise SystemExit(f"unknown case id(s): {sorted(unknown)}")
+        cases = [c for c in cases if c["id"] in ids]
+    return cases
+
+
+def truth(case: dict):
+    """(variable names, numpy function of the columns) for a case's formula."""
+    import sympy
+    names = list(case["ranges"])
+    symbols = [sympy.Symbol(n) for n in names]
+    expr = sympy.sympify(case["formula"], locals=dict(zip(names, symbols)))
+    return names, sympy.lambdify(symbols, expr, modules="numpy")
+
+
+def sample(case: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    names, f = truth(case)
+    rng = np.random.default_rng(seed)
+    X = np.stack([rng.uniform(*case["ranges"][n_], size=n) for n_ in names], axis=1)
+    return X, np.asarray(f(*X.T), dtype=np.float64) * np.ones(n)
+
+
+def relative_error(pred: np.ndarray, y: np.ndarray) -> float:
+    pred = np.asarray(pred, dtype=np.float64)
+    if pred.shape != y.shape or not np.isfinite(pred).all():
+        return float("inf")
+    return float(np.sqrt(np.mean((pred - y) ** 2)) / np.std(y))
+
+
+def run_ours(case: dict) -> dict:
+    import torch
+    import kanmodel
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    names = list(case["ranges"])
+    X, y = sample(case, N_TRAIN, seed=1)
+    X_test, y_test = sample(case, N_TEST, seed=2)
+    started = time.monotonic()
+    found = kanmodel.discover(X, y, variables=names)
+    seconds = time.monotonic() - started
+    formula = found.formulas[0]
+    error = relative_error(formula.func(X_test), y_test)
+    return {"id": case["id"], "truth": case["formula"], "formula": formula.text,
+            "error": error, "recovered": error <= RECOVERED, "seconds": seconds,
+            "space": found.space, "width": found.metrics["width"], "attempts": found.metrics["attempts"]}
+
+
+# ---------------------------------------------------------------- PyKAN (benchmark venv)
+PYKAN_STEPS = 50
+PYKAN_GRIDS = [3, 5, 10, 20]
+
+
+def run_pykan(case: dict) -> dict:
+    """PyKAN 0.2.8's documented flow: fit with a grid schedule, prune, auto_symbolic,
+    fit the affine parameters, symbolic_formula. Width [n, 2n+1, 1] (its examples)."""
+    import torch
+    from kan import KAN as PyKAN
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    torch.set_default_dtype(torch.float64)
+    names = list(case["ranges"])
+    X, y = sample(case, N_TRAIN, seed=1)
+    X_test, y_test = sample(case, N_TEST, seed=2)
+    n = len(names)
+    dataset = {"train_input": torch.tensor(X[:1600]), "train_label": torch.tensor(y[:1600, None]),
+               "test_input": torch.tensor(X[1600:]), "test_label": torch.tensor(y[1600:, None])}
+    started = time.monotonic()
+    model = None
+    try:
+        for index, grid in enumerate(PYKAN_GRIDS):
+            if model is None:
+                model = PyKAN(width=[n, 2 * n + 1, 1], grid=grid, k=3, seed=0, auto_save=False)
+                model.fit(dataset, opt="LBFGS", steps=PYKAN_STEPS, lamb=1e-3, log=10 ** 9)
+                model = model.prune()
+            else:
+                model = model.refine(grid)
+            model.fit(dataset, opt="LBFGS", steps=PYKAN_STEPS, log=10 ** 9)
+        model.auto_symbolic(verbose=0)
+        model.fit(dataset, opt="LBFGS", steps=PYKAN_STEPS, log=10 ** 9)
+        import sympy
+        expr = model.symbolic_formula(var=names)[0][0]
+        symbols = [sympy.Symbol(v) for v in names]
+        f = sympy.lambdify(symbols, expr, modules="numpy")
+        with np.errstate(all="ignore"):
+            pred = np.asarray(f(*X_test.T), dtype=np.float64) * np.ones(len(X_test))
+        error = relative_error(pred, y_test)
+        text = str(expr)
+    except Exception as exc:  # report PyKAN's failure as the case's result
+        error, text = float("inf"), f"error: {type(exc).__name__}: {exc}"[:200]
+    return {"id": case["id"], "formula": text, "error": error, "recovered": error <= RECOVERED,
+            "seconds": time.monotonic() - started}
+
+
+def pykan_in_bench_venv(cases: list[dict]) -> list[dict] | str:
+    python = ROOT / ".bench-venv" / "bin" / "python"
+    if not python.exists():
+        return f"not run: {python.relative_to(ROOT)} does not exist"
+    results = []
+    for case in cases:
+        proc = subprocess.run([str(python), __file__, "--pykan-worker", "--cases", case["id"]],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        line = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
+        try:
+            results.append(json.loads(line[0]))
+        except (IndexError, json.JSONDecodeError):
+            results.append({"id": case["id"], "formula": "error: " + proc.stderr.strip()[-200:],
+                            "error": float("inf"), "recovered": False, "seconds": 0.0})
+        print(f"  pykan {case['id']}: {results[-1]['recovered']} ({results[-1]['seconds']:.0f} s)", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------- report
+def _cell(text: str, limit: int = 90) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return "`" + (text if len(text) <= limit else text[: limit - 3] + "...") + "`"
+
+
+def table(ours: list[dict], pykan: list[dict] | str | None, command: str) -> str:
+    lines = [SECTION, "",
+             f"Measured with `{command}` (2 shared CPU cores, one torch thread per run).",
+             f"Rule: formula RMSE / std(y) <= {RECOVERED:g} on {N_TEST} fresh float64 points; "
+             f"{N_TRAIN} training points per case (`discover` holds out 20% of them).", ""]
+    by_id = {r["id"]: r for r in pykan} if isinstance(pykan, list) else {}
+    header = "| case | truth | recovered | formula (kanmodel.discover) | error | time (s) |"
+    rule = "|---|---|---|---|---|---|"
+    if by_id:
+        header += " PyKAN 0.2.8 | PyKAN error | PyKAN time (s) |"
+        rule += "---|---|---|"
+    lines += [header, rule]
+    for r in ours:
+        row = (f"| {r['id']} | {_cell(r['truth'], 50)} | {'yes' if r['recovered'] else 'no'} | "
+               f"{_cell(r['formula'])} | {r['error']:.1e} | {r['seconds']:.0f} |")
+        if by_id:
+            p = by_id.get(r["id"])
+            row += (f" {'yes' if p['recovered'] else 'no'} | {p['error']:.1e} | {p['seconds']:.0f} |"
+                    if p else " - | - | - |")
+        lines.append(row)
+    total = sum(r["recovered"] for r in ours)
+    lines += ["", f"**kanmodel.discover: {total} of {len(ours)} recovered**, "
+                  f"total {sum(r['seconds'] for r in ours):.0f} s, "
+                  f"slowest case {max(r['seconds'] for r in ours):.0f} s."]
+    if by_id:
+        lines.append(f"**PyKAN 0.2.8 (width [n, 2n+1, 1], grids {PYKAN_GRIDS}, {PYKAN_STEPS} LBFGS steps each, "
+                     f"prune, auto_symbolic, fit): {sum(p['recovered'] for p in by_id.values())} of "
+                     f"{len(by_id)} recovered.**")
+    elif isinstance(pykan, str):
+        lines.append(f"PyKAN 0.2.8: {pykan}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of docs/benchmarks.md only."""
+    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+    DOCS.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="*", help="case ids (default: all)")
+    parser.add_argument("--pykan", action="store_true", help="also run PyKAN 0.2.8 in .bench-venv")
+    parser.add_argument("--pykan-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    args = parser.parse_args()
+    cases = load_cases(args.cases)
+    if args.pykan_worker:
+        print(json.dumps(run_pykan(cases[0])))
+        return
+    ours = []
+    for case in cases:
+        ours.append(run_ours(case))
+        r = ours[-1]
+        print(f"{r['id']}: recovered={r['recovered']} error={r['error']:.1e} {r['seconds']:.0f} s "
+              f"[{r['space']} {r['width']}] {r['formula']}", flush=True)
+    pykan = pykan_in_bench_venv(cases) if args.pykan else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "symbolic.json").write_text(json.dumps({"ours": ours, "pykan": pykan}, indent=1))
+    command = "python bench/symbolic.py" + (" --pykan" if args.pykan else "") + \
+        (" --cases " + " ".join(args.cases) if args.cases else "")
+    text = table(ours, pykan, command)
+    print(text)
+    if not args.no_docs:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""discover(): data in, formulas out. The one default recipe.
+
+The recipe (every option below has this default; nothing is tuned per data set):
+1. Hold out `val_fraction` of the rows (seeded). Everything is chosen on them and
+   every reported metric is measured on them.
+2. Try network shapes from simple to less simple (`widths`, default
+   [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1] -> [n,3,1]), each in the raw space and,
+   when all inputs and outputs are strictly positive, first in log space (log y as
+   a function of log x: products and powers become sums). For each:
+   a. train through the grid schedule with LBFGS (shapes with hidden layers first
+      with a small sparsity penalty on the coarse grids, then pruned, then trained
+      on without the penalty on the finer grids);
+   b. fit every edge with the function library, compose, refit all constants of
+      the formula in float64 on the training rows, tidy (see `auto_symbolic`).
+3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
+   std(y) <= `exact_tolerance`), or when `time_budget` seconds are used; keep the
+   attempt with the lowest held-out formula error (ties: the earlier, simpler one).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kanmodel.model import KAN
+from kanmodel.pruning import DEFAULT_THRESHOLD, prune
+from kanmodel.symbolic.auto import auto_symbolic
+from kanmodel.symbolic.formula import Formula, r2_score, rmse
+from kanmodel.symbolic.spaces import Space
+from kanmodel.training import TrainingDiverged, fit
+
+DEFAULTS = {
+    "widths": None,                 # None: the ladder of `default_widths`
+    "spaces": ("log", "raw"),       # log only where the data are strictly positive
+    "seed": 0,
+    "grid_schedule": (3, 5, 10, 20),
+    "steps_per_grid": 50,
+    "optimizer": "lbfgs",
+    "lamb": 1e-3,                   # sparsity penalty before pruning (hidden layers only)
+    "prune_threshold": DEFAULT_THRESHOLD,
+    "library": None,                # the whole function library
+    "val_fraction": 0.2,
+    "exact_tolerance": 1e-7,
+    "time_budget": 150.0,
+    "max_train_rows": 5000,
+}
+
+
+def default_widths(n_in: int, n_out: int) -> list[list[int]]:
+    return [[n_in, n_out], [n_in, 1, n_out], [n_in, 2, n_out], [n_in, 2, 1, n_out], [n_in, 3, n_out]]
+
+
+@dataclass
+class Discovery:
+    """The result of `discover`: the kept model, one formula per output, metrics
+    (held-out, for the model and the formulas), the model's training history and a
+    summary of every attempt."""
+
+    model: KAN
+    formulas: list[Formula]
+    metrics: dict
+    history: list[dict]
+    space: str = "raw"
+    attempts: list[dict] = field(default_factory=list)
+
+
+def _check_inputs(X, y, task):
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] < 10:
+        raise ValueError(f"X must be (rows, features) with at least 10 rows, got shape {X.shape}")
+    y = np.asarray(y, dtype=np.float64)
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise ValueError("X and y must be finite (no NaN or infinity)")
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+    if task == "classification":
+        y = y.reshape(-1)
+        if not (y == np.round(y)).all() or y.min() < 0:
+            raise ValueError("classification: y must hold integer class labels 0, 1, ...")
+    else:
+        y = y.reshape(len(y), -1)
+    return X, y
+
+
+def _train(width, space: Space, X, y, task, opts) -> tuple[KAN, list[dict]]:
+    """Train (and, with hidden layers, prune then train on) one network; model-space data."""
+    schedule = list(opts["grid_schedule"])
+    common = dict(optimizer=opts["optimizer"], steps_per_grid=opts["steps_per_grid"],
+                  val_fraction=0.15, seed=opts["seed"])
+    model = KAN(width, grid=schedule[0], seed=opts["seed"], task=task)
+    target = y if task == "regression" else y.astype(np.int64)
+    if len(width) == 2 or len(schedule) < 2:
+        return model, fit(model, X, target, grid_schedule=schedule, **common).history
+    split = max(1, len(schedule) // 2)
+    first = fit(model, X, target, grid_schedule=schedule[:split], lamb=opts["lamb"], **common)
+    model = prune(model, X, opts["prune_threshold"])
+    second = fit(model, X, target, grid_schedule=schedule[split:], **common)
+    return model, first.history + [dict(h, stage=h["stage"] + split) for h in second.history]
+
+
+def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
+    space = Space(space_name)
+    started = time.monotonic()
+    torch.manual_seed(opts["seed"])
+    model, history = _train(width, space, space.inputs(X_tr), space.targets(y_tr) if task == "regression"
+                            else y_tr, task, opts)
+    if task == "regression":
+        fit_targets = y_tr
+    else:  # a formula per logit: distil the model's logits
+        with torch.no_grad():
+            fit_targets = model(torch.as_tensor(X_tr, dtype=model.in_shift.dtype)).double().numpy()
+    formulas = auto_symbolic(model, X_tr, fit_targets, opts["library"], opts["variables"],
+                             space=space_name, X_val=X_val,
+                             y_val=y_val if task == "regression" else _logits(model, X_val),
+                             time_budget=max(0.0, deadline - time.monotonic()))
+    return {"model": model, "history": history, "formulas": formulas, "space": space_name,
+            "width": list(model.width), "trained_width": list(width),
+            "seconds": time.monotonic() - started}
+
+
+@torch.no_grad()
+def _logits(model: KAN, X: np.ndarray) -> np.ndarray:
+    return model(torch.as_tensor(X, dtype=model.in_shift.dtype)).double().numpy()
+
+
+def _score(attempt, X_val, y_val, task) -> float:
+    """Held-out formula error (relative RMSE, worst output; classification: 1 - accuracy)."""
+    preds = np.stack([f.func(X_val) for f in attempt["formulas"]], axis=1)
+    if task == "classification":
+        if not np.isfinite(preds).all():
+            return float("inf")
+        return float(np.mean(preds.argmax(1) != y_val))
+    scales = np.maximum(y_val.std(0), 1e-300)
+    return max(rmse(preds[:, o], y_val[:, o]) / scales[o] for o in range(y_val.shape[1]))
+
+
+def _metrics(attempt, X_val, y_val, task) -> dict:
+    model, space = attempt["model"], Space(attempt["space"])
+    spline = _logits(model, space.inputs(X_val))
+    if task == "regression":
+        if space.name == "log":
+            spline = np.exp(spline)
+        out = {"spline_rmse": [rmse(spline[:, o], y_val[:, o]) for o in range(y_val.shape[1])],
+               "spline_r2": [r2_score(spline[:, o], y_val[:, o]) for o in range(y_val.shape[1])],
+               "formula_rmse": [f.rmse for f in attempt["formulas"]],
+               "formula_r2": [f.r2 for f in attempt["formulas"]]}
+    else:
+        preds = np.stack([f.func(X_val) for f in attempt["formulas"]], axis=1)
+        out = {"spline_accuracy": float(np.mean(spline.argmax(1) == y_val)),
+               "formula_accuracy": float(np.mean(np.nan_to_num(preds, nan=-np.inf).argmax(1) == y_val))}
+    out.update({"space": space.name, "width": attempt["width"], "n_validation_rows": len(X_val)})
+    return out
+
+
+def discover(X, y, variables: list[str] | None = None, task: str = "regression", **options) -> Discovery:
+    """Train, prune, extract and refit formulas with the default recipe (module docstring).
+
+    X: (rows, features); y: (rows,) or (rows, outputs) for regression, class labels
+    for classification. variables: names of the features (default x0, x1, ...).
+    options: any key of DEFAULTS. Raises ValueError on bad input or unknown options.
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"discover: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
+    opts = {**DEFAULTS, **options, "variables": variables}
+    X, y = _check_inputs(X, y, task)
+    started = time.monotonic()
+    deadline = started + float(opts["time_budget"])
+
+    order = np.random.default_rng(opts["seed"]).permutation(len(X))
+    n_val = max(1, int(round(len(X) * opts["val_fraction"])))
+    val_rows, train_rows = order[:n_val], order[n_val:][: opts["max_train_rows"]]
+    X_tr, y_tr, X_val, y_val = X[train_rows], y[train_rows], X[val_rows], y[val_rows]
+    n_out = y.shape[1] if task == "regression" else int(y.max()) + 1
+
+    widths = opts["widths"] or default_widths(X.shape[1], n_out)
+    spaces = [s for s in opts["spaces"] if task == "regression" or s == "raw"]
+    plan = [(list(w), s) for w in widths for s in spaces
+            if Space.allows(s, X, y if task == "regression" else None)]
+    if not plan:
+        raise ValueError(f"discover: no (width, space) to try with spaces={opts['spaces']}")
+
+    best, summaries = None, []
+    for width, space_name in plan:
+        if best is not None and time.monotonic() > deadline:
+            break
+        try:
+            attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline)
+        except TrainingDiverged as error:
+            summaries.append({"width": width, "space": space_name, "error": str(error)})
+            continue
+        attempt["score"] = _score(attempt, X_val, y_val, task)
+        summaries.append({"width": attempt["width"], "trained_width": width, "space": space_name,
+                          "score": attempt["score"], "seconds": round(attempt["seconds"], 2),
+                          "formulas": [f.text for f in attempt["formulas"]]})
+        if best is None or attempt["score"] < best["score"]:
+            best = attempt
+        if task == "regression" and best["score"] <= opts["exact_tolerance"]:
+            break
+    if best is None:
+        raise TrainingDiverged("discover: every attempt diverged: " + "; ".join(s["error"] for s in summaries))
+
+    metrics = _metrics(best, X_val, y_val, task)
+    metrics["seconds"] = time.monotonic() - started
+    metrics["attempts"] = len(summaries)
+    return Discovery(best["model"], best["formulas"], metrics, best["history"], best["space"], summaries)
