@@ -79,6 +79,8 @@ def _n_rows(inputs) -> int:
 def _to_matrix(inputs, max_rows: int):
     def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
         n_rows = _n_rows(inputs)
+        if n_rows == 0:
+            raise InputError("inputs: empty batch, send at least one row")
         if n_rows > max_rows:
             raise TooManyRows(f"inputs: {n_rows} rows is more than the limit of {max_rows} per request")
         if isinstance(inputs, dict):

@@ -1,5 +1,6 @@
-"""Turn validated request inputs into the (rows, n_in) float32 matrix a graph takes,
-and flag rows outside the training range. Errors name the field and the problem."""
+"""Turn named-column inputs into the (rows, n_in) float32 matrix a graph takes, and
+flag rows outside the training range. Errors name the field and the problem.
+(Positional rows are checked by OnnxPredictor.validate.)"""
 
 from __future__ import annotations
 
@@ -10,19 +11,6 @@ import numpy as np
 
 class InputError(ValueError):
     """A request's inputs do not fit the model; the message is shown to the client."""
-
-
-def rows_matrix(rows: Sequence[Sequence[float]], input_names: Sequence[str],
-                field: str = "inputs") -> np.ndarray:
-    """Positional rows [[x0, x1, ...], ...] -> (rows, n_in) float32."""
-    n_in = len(input_names)
-    if len(rows) == 0:
-        raise InputError(f"{field}: empty batch, send at least one row")
-    for i, row in enumerate(rows):
-        if len(row) != n_in:
-            raise InputError(f"{field}[{i}]: expected {n_in} values ({', '.join(input_names)}), "
-                             f"got {len(row)}")
-    return _finite(np.asarray(rows, dtype=np.float32), field)
 
 
 def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence[str],
