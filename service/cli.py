@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import sqlalchemy as sa
 
@@ -114,19 +115,40 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         env["KANSERVE_DATABASE_URL"] = settings.resolved_database_url
     if settings.broker_url is None:
         env["KANSERVE_BROKER_URL"] = settings.resolved_broker_url
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+    worker = WorkerSupervisor([sys.executable, "-m", "service.cli", "worker"], env)
     base = f"http://{settings.host}:{settings.port}"
     print(f"kanserve: database {_redact(settings.resolved_database_url)}, broker "
           f"{_redact(settings.resolved_broker_url)}\nkanserve: API docs at {base}/docs", file=sys.stderr)
     try:
         _serve_api(settings)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
     return 0
+
+
+class WorkerSupervisor:
+    """Runs the embedded worker as a child process and restarts it if it dies (its
+    interrupted job then resumes from its checkpoint)."""
+
+    def __init__(self, command: list[str], env: dict[str, str]):
+        self.command, self.env = command, env
+        self.stopping = threading.Event()
+        self.process = subprocess.Popen(command, env=env)
+        threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            if self.process.poll() is not None and not self.stopping.is_set():
+                print(f"kanserve: the worker exited with {self.process.returncode}; restarting it", file=sys.stderr)
+                self.process = subprocess.Popen(self.command, env=self.env)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
 
 def _redact(url: str) -> str:

@@ -69,8 +69,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_visibility_timeout(self) -> int:
-        # Redis redelivers an unacked message after this long even while it still runs:
-        # it must outlast the longest allowed job.
+        """Seconds Redis waits before redelivering an unacked message: beyond the longest job."""
         return int(self.max_job_seconds * 2 + 600)
 
     def ensure_data_dir(self) -> None:

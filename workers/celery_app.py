@@ -14,6 +14,14 @@ TRAIN_TASK = "kanserve.train"
 QUEUES = ("train", "gpu")
 
 
+def _transport_options(settings: Settings) -> dict:
+    if settings.resolved_broker_url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacked message after visibility_timeout even while its job
+        # still runs: it must outlast the longest allowed job.
+        return {"visibility_timeout": settings.broker_visibility_timeout}
+    return {}  # the SQLAlchemy transport hands its options to create_engine
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("kanserve", broker=settings.resolved_broker_url, include=["workers.tasks"])
     app.conf.update(
@@ -27,9 +35,8 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return app

@@ -1,0 +1,111 @@
+"""Real processes for the integration tests: the production shape (PostgreSQL + Redis +
+`kanserve api` + `kanserve worker`) and the embedded default (`kanserve up`: SQLite and a
+serverless Celery transport). Nothing is mocked; every piece is a separate process."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: kanserve_harness
+
+from kanserve_harness import (free_port, kanserve, kanserve_output, process_env, scratch_postgres,
+                              scratch_redis_db, stop, wait_for_log, wait_until_ready)
+
+FAST_WORKER_SETTINGS = {
+    # Short leases and sweeps so a killed worker's job is picked up within seconds.
+    "KANSERVE_JOB_LEASE_SECONDS": "3",
+    "KANSERVE_REAPER_INTERVAL_SECONDS": "1",
+    "KANSERVE_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "KANSERVE_CANCEL_POLL_SECONDS": "0.1",
+    "KANSERVE_WORKER_CORES": "1",
+}
+
+
+@dataclasses.dataclass
+class Stack:
+    name: str
+    base_url: str
+    key: str
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, subprocess.Popen] = dataclasses.field(default_factory=dict)
+    worker_starts: int = 0
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30,
+                            headers={"Authorization": f"Bearer {key or self.key}"})
+
+    def start_worker(self) -> subprocess.Popen:
+        self.worker_starts += 1
+        log = self.logs / f"worker-{self.worker_starts}.log"
+        worker = kanserve("worker", "--queues", "train", "--hostname", f"w{self.worker_starts}@%h",
+                          env=self.env, log=log)
+        wait_for_log(log, r"ready\.", worker, timeout=90)
+        self.processes["worker"] = worker
+        return worker
+
+    def kill_worker(self) -> None:
+        stop(self.processes.pop("worker"), signal.SIGKILL)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def production_stack(tmp_path_factory):
+    """PostgreSQL (scratch database) + Redis (scratch db number) + gateway + one worker."""
+    logs = tmp_path_factory.mktemp("production")
+    with scratch_postgres() as database_url, scratch_redis_db() as broker_url:
+        key = f"ks_{secrets.token_urlsafe(24)}"
+        env = process_env({"KANSERVE_DATABASE_URL": database_url, "KANSERVE_BROKER_URL": broker_url,
+                           "KANSERVE_API_KEYS": key, "KANSERVE_DATA_DIR": str(logs), **FAST_WORKER_SETTINGS})
+        kanserve_output("db", "upgrade", env=env)
+        port = free_port()
+        stack = Stack("production", f"http://127.0.0.1:{port}", key, env, logs)
+        try:
+            api_log = logs / "api.log"
+            stack.processes["api"] = kanserve("api", "--port", str(port), env=env, log=api_log)
+            wait_until_ready(stack.base_url, stack.processes["api"], api_log)
+            stack.start_worker()
+            yield stack
+        finally:
+            stack.close()
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory):
+    """`kanserve up` with no configuration but a data directory and a port."""
+    data_dir = tmp_path_factory.mktemp("embedded")
+    port = free_port()
+    env = process_env({"KANSERVE_DATA_DIR": str(data_dir), **FAST_WORKER_SETTINGS})
+    log = data_dir / "up.log"
+    up = kanserve("up", "--port", str(port), env=env, log=log)
+    try:
+        key = wait_for_log(log, r"Created an API key.*\n\s*\n\s*(ks_\S+)", up).group(1)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_ready(base_url, up, log)
+        wait_for_log(log, r"ready\.", up, timeout=90)  # the worker child
+        stack = Stack("embedded", base_url, key, env, data_dir, {"up": up})
+        yield stack
+    finally:
+        stop(up)
+
+
+def log_text(stack: Stack) -> str:
+    return "\n".join(f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(stack.logs.glob("*.log")))
+
+
+def assert_matches(pattern: str, text: str) -> re.Match:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not found"
+    return match

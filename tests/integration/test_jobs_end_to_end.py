@@ -1,0 +1,113 @@
+"""Training jobs end to end over HTTP against real processes: the production shape
+(PostgreSQL + Redis + gateway + Celery worker) and the embedded default (`kanserve up`).
+Includes SIGKILL of a worker mid-job, cancel, Idempotency-Key and a diverging job."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+
+import pytest
+
+from conftest import log_text
+from kanserve_harness import HELLOKAN_SPEC, follow_events, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+# Adam steps are cheap and steady (~7 ms here): 400 per stage gives seconds per stage,
+# long enough to kill or cancel mid-stage, short enough to keep the suite quick.
+LONG_SPEC = copy.deepcopy(HELLOKAN_SPEC)
+LONG_SPEC["train"] = {"optimizer": "adam", "grid_schedule": [3, 5, 8], "steps_per_grid": 400}
+LONG_SPEC["symbolic"] = {"enabled": False}
+LONG_SPEC["export"] = {"onnx": True, "plots": False}
+
+
+@pytest.fixture(params=["production", "embedded"])
+def stack(request):
+    return request.getfixturevalue(f"{request.param}_stack")
+
+
+def test_hellokan_job_events_model_formula_and_artifacts(stack):
+    with stack.client() as client:
+        submitted = client.post("/v1/jobs", json=HELLOKAN_SPEC)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        events = follow_events(client, job_id)
+        names = [name for name, _ in events]
+        assert names[-1] == "end" and names.count("end") == 1, log_text(stack)
+        final = events[-1][1]
+        assert final["status"] == "succeeded", (final, log_text(stack))
+        steps = [data["progress"]["step"] for name, data in events if data["progress"].get("step")]
+        assert steps == sorted(steps) and steps[-1] == 30
+
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["model"]["url"] == job["links"]["model"]
+        version = client.get(job["model"]["url"]).json()
+        assert version["input_names"] == ["x0", "x1"] and version["output_names"] == ["y"]
+        assert 0 < version["metrics"]["val_loss"] < 1.0  # RMSE on targets in [e^-1, e^2]
+        if not any("symbolic extraction is not available" in note for note in version["metrics"]["notes"]):
+            formula = version["formulas"][0]
+            assert formula["expression"] and formula["latex"] and formula["rmse"] is not None
+        artifacts = {artifact["kind"]: artifact for artifact in version["artifacts"]}
+        assert {"checkpoint", "onnx"} <= set(artifacts)
+        for artifact in artifacts.values():
+            body = client.get(artifact["url"])
+            assert body.status_code == 200 and hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
+        assert client.get("/v1/models").json()["items"][0]["name"] == "hellokan"
+
+
+def test_worker_killed_mid_job_resumes_from_checkpoint_without_a_second_version(production_stack):
+    stack = production_stack
+    spec = {**LONG_SPEC, "name": "crashy"}
+    with stack.client() as client:
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]
+        running = wait_for_job(client, job_id, ("running",), timeout=120,
+                               predicate=lambda job: job["progress"].get("checkpoints", 0) >= 1)
+        stack.kill_worker()  # SIGKILL: no cleanup, the job row still says running
+        killed_at_stage = running["progress"]["stage"]
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] in ("running", "queued")
+
+        stack.start_worker()
+        job = wait_for_job(client, job_id, ("succeeded", "failed", "cancelled"), timeout=180)
+        assert job["status"] == "succeeded", (job, log_text(stack))
+        assert job["deliveries"] == 2
+        assert 1 <= job["progress"]["resumed_from_stage"] <= killed_at_stage + 1
+        model = client.get("/v1/models/crashy").json()
+        assert [v["version"] for v in model["versions"]] == [1] and model["versions"][0]["job_id"] == job_id
+
+
+def test_cancel_a_running_job(production_stack):
+    with production_stack.client() as client:
+        job_id = client.post("/v1/jobs", json={**LONG_SPEC, "name": "cancelme"}).json()["id"]
+        wait_for_job(client, job_id, ("running",), predicate=lambda job: (job["progress"].get("step") or 0) > 5)
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        started = time.monotonic()
+        job = wait_for_job(client, job_id, ("cancelled", "succeeded", "failed"), timeout=30)
+        assert job["status"] == "cancelled" and time.monotonic() - started < 10
+        assert job["progress"]["step"] < 1200 and job["model"] is None
+        assert client.get("/v1/models/cancelme").status_code == 404
+
+
+def test_idempotency_key_twice_over_http(production_stack):
+    spec = copy.deepcopy(HELLOKAN_SPEC)
+    spec["train"]["steps_per_grid"] = 3
+    headers = {"Idempotency-Key": "retry-me"}
+    with production_stack.client() as client:
+        first = client.post("/v1/jobs", json=spec, headers=headers)
+        second = client.post("/v1/jobs", json=spec, headers=headers)
+        assert first.status_code == second.status_code == 202
+        assert first.json()["id"] == second.json()["id"]
+        assert client.post("/v1/jobs", json={**spec, "name": "x"}, headers=headers).status_code == 409
+        wait_for_job(client, first.json()["id"], ("succeeded",), timeout=120)
+        assert len(client.get("/v1/models/hellokan").json()["versions"]) >= 1
+
+
+def test_diverging_job_fails_with_a_useful_message(production_stack):
+    spec = {**LONG_SPEC, "name": "boom",
+            "train": {"optimizer": "adam", "lr": 1e12, "grid_schedule": [3], "steps_per_grid": 100}}
+    with production_stack.client() as client:
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]
+        job = wait_for_job(client, job_id, ("failed", "succeeded"), timeout=120)
+        assert job["status"] == "failed" and "diverged" in job["error"] and "smaller lr" in job["error"]
+        assert client.get("/v1/models/boom").status_code == 404
