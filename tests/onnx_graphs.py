@@ -8,8 +8,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def affine_model(weight: np.ndarray, bias: np.ndarray, input_name: str = "x",
-                 output_name: str = "y") -> bytes:
-    """y = x @ weight + bias; x: (batch, n_in) float32 -> y: (batch, n_out)."""
+                 output_name: str = "y", metadata: dict[str, str] | None = None) -> bytes:
+    """y = x @ weight + bias; x: (batch, n_in) float32 -> y: (batch, n_out);
+    `metadata`: ONNX metadata props (as the exporter writes them)."""
     n_in, n_out = weight.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", [input_name, "W"], ["xw"]),
@@ -22,5 +23,7 @@ def affine_model(weight: np.ndarray, bias: np.ndarray, input_name: str = "x",
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    if metadata:
+        helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     return model.SerializeToString()

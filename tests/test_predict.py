@@ -1,6 +1,8 @@
 """POST /v1/models/{name}/predict: parity with the torch model for both engines,
 named and positional inputs, bad inputs, ownership, and the cache across versions."""
 
+import json
+
 import numpy as np
 import pytest
 import sympy
@@ -9,6 +11,7 @@ from fastapi.testclient import TestClient
 
 import kanmodel
 from kanmodel.export import formula_to_onnx, to_onnx
+from onnx_graphs import affine_model
 from serving_setup import serving_env
 
 torch.set_num_threads(1)
@@ -160,3 +163,20 @@ def test_new_version_is_served_without_restart_and_a_deleted_one_is_gone(env, ka
     back = client.post("/v1/models/reg/predict", json=x).json()
     assert back["version"] == 1 and back["outputs"] == first["outputs"]
     assert all(key.model_id != v2_id for key in runtime.cache.keys())
+
+
+def test_rows_outside_the_training_range_are_answered_and_flagged(tmp_path):
+    env = serving_env(tmp_path)
+    ranges = [[-1.0, 1.0], [0.0, 2.0]]
+    env.register("ranged", 1, affine_model(np.ones((2, 1), np.float32), np.zeros(1, np.float32), "input",
+                                           "output", metadata={"input_ranges": json.dumps(ranges)}))
+    env.register("unranged", 1, affine_model(np.ones((2, 1), np.float32), np.zeros(1, np.float32),
+                                             "input", "output"))
+    rows = [[0.0, 1.0], [-1.0, 2.0], [1.5, 1.0], [0.0, -0.1]]
+    with TestClient(env.app) as client:
+        client.headers["Authorization"] = f"Bearer {env.key}"
+        body = client.post("/v1/models/ranged/predict", json={"inputs": rows}).json()
+        assert body["extrapolated"] == [False, False, True, True]
+        np.testing.assert_allclose(body["outputs"], np.sum(rows, axis=1, keepdims=True), rtol=1e-6)
+        # A graph that does not record its training range cannot flag anything.
+        assert client.post("/v1/models/unranged/predict", json={"inputs": rows}).json()["extrapolated"] is None
