@@ -2,6 +2,7 @@
 named and positional inputs, bad inputs, ownership, and the cache across versions."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -147,22 +148,34 @@ def test_unknown_model_version_graph_and_keys(env, kan_models):
 
 def test_new_version_is_served_without_restart_and_a_deleted_one_is_gone(env, kan_models):
     client, runtime = env.client, env.app.state.inference
-    runtime.settings.model_lookup_ttl_s = 0  # another process registers and deletes here
-    runtime._lookups.ttl_s = 0
     x = {"inputs": [[0.3, -0.4]]}
     first = client.post("/v1/models/reg/predict", json=x).json()
-    # Version 2 of "reg" is the classifier's graph: clearly different answers.
-    v2_id = env.register("reg", 2, kan_models["clf_onnx"], task="classification",
-                         output_names=("cat", "dog", "eel"))
+    # Registered by "another process" (straight into the database). Version 2 of "reg"
+    # is the classifier's graph: clearly different answers.
+    v2 = env.register("reg", 2, kan_models["clf_onnx"], task="classification", output_names=("cat", "dog", "eel"))
+    assert client.post("/v1/models/reg/versions/2/predict", json=x).json()["version"] == 2
+    time.sleep(runtime.settings.model_lookup_ttl_s)  # "latest" was looked up just before
     latest = client.post("/v1/models/reg/predict", json=x).json()
     assert latest["version"] == 2 and len(latest["outputs"][0]) == 3
     assert client.post("/v1/models/reg/versions/1/predict", json=x).json()["outputs"] == first["outputs"]
-    env.delete(v2_id)
-    runtime.invalidate_model(v2_id)
-    assert client.post("/v1/models/reg/versions/2/predict", json=x).status_code == 404
+    assert v2 in {key.model_id for key in runtime.cache.keys()}
+
+    assert client.delete("/v1/models/reg/versions/2").status_code == 204
+    r = client.post("/v1/models/reg/versions/2/predict", json=x)
+    assert r.status_code == 404 and "no version 2" in r.text
     back = client.post("/v1/models/reg/predict", json=x).json()
     assert back["version"] == 1 and back["outputs"] == first["outputs"]
-    assert all(key.model_id != v2_id for key in runtime.cache.keys())
+    assert v2 not in {key.model_id for key in runtime.cache.keys()}  # its session was dropped
+
+
+def test_a_version_deleted_by_another_process_is_gone_within_the_lookup_ttl(env, kan_models):
+    client, runtime = env.client, env.app.state.inference
+    v2 = env.register("reg", 2, kan_models["reg_onnx"])
+    x = {"inputs": [[0.3, -0.4]]}
+    assert client.post("/v1/models/reg/versions/2/predict", json=x).status_code == 200
+    env.delete(v2)
+    time.sleep(runtime.settings.model_lookup_ttl_s)
+    assert client.post("/v1/models/reg/versions/2/predict", json=x).status_code == 404
 
 
 def test_rows_outside_the_training_range_are_answered_and_flagged(tmp_path):

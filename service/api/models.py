@@ -92,3 +92,17 @@ def download_artifact(name: str, version: str, kind: str, request: Request, db: 
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     return Response(artifact.data, media_type=artifact.media_type, headers=headers)
+
+
+@router.delete("/{name}/versions/{version}", status_code=204, response_class=Response,
+               summary="Delete a model version: its graphs stop being served")
+def delete_model_version(name: str, version: str, request: Request, db: Session = Depends(get_db),
+                         key: ApiKey = Depends(current_key)) -> Response:
+    model = owned_version(db, key, name, version)
+    model_id = model.id
+    db.delete(model)
+    db.commit()
+    # This process drops the version's sessions at once; other gateway processes stop
+    # serving it within KANSERVE_MODEL_LOOKUP_TTL_S (their lookups are re-checked).
+    request.app.state.inference.invalidate_model(model_id)
+    return Response(status_code=204)
