@@ -4,9 +4,11 @@ import time
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fastapi.testclient import TestClient
 
 from service.inference.session_cache import CacheKey, OnnxSessionCache
 from onnx_graphs import affine_model
+from serving_setup import serving_env
 
 
 def ort_session(blob: bytes) -> ort.InferenceSession:
@@ -106,3 +108,22 @@ def test_failed_load_is_not_cached_and_warm_skips_it():
     loaded = cache.warm([(CacheKey(1, "bad"), lambda: b"junk"),
                          (CacheKey(2, "good"), lambda: make_blob(1.0))])
     assert loaded == 1 and CacheKey(2, "good") in cache
+
+
+@pytest.mark.parametrize("warm_models, expected", [(2, {"b", "c"}), (0, set())])
+def test_app_start_warms_the_most_recently_registered_versions(tmp_path, monkeypatch, warm_models, expected):
+    monkeypatch.setenv("KANSERVE_WARM_MODELS", str(warm_models))
+    env = serving_env(tmp_path)
+    ids = {}
+    for name, scale in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        blob = affine_model(np.full((2, 1), scale, np.float32), np.zeros(1, np.float32), "input", "output")
+        ids[env.register(name, 1, blob)] = name
+        time.sleep(0.01)  # distinct created_at
+    runtime = env.app.state.inference
+    with TestClient(env.app):
+        deadline = time.monotonic() + 10
+        while len(runtime.cache) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)
+        assert {ids[key.model_id] for key in runtime.cache.keys()} == expected
+        assert runtime.cache.stats.hits == 0
