@@ -11,3 +11,10 @@ __all__ = [
     "KAN", "KANLayer", "fit", "FitResult", "TrainProgress", "TrainingDiverged",
     "save", "load", "to_bytes", "from_bytes", "CheckpointError",
 ]
+
+# issue 3: pruning, symbolic formulas, discover()
+from kanmodel.discover import Discovery, discover  # noqa: E402
+from kanmodel.pruning import prune  # noqa: E402
+from kanmodel.symbolic import Formula, auto_symbolic, suggest  # noqa: E402
+
+__all__ += ["prune", "auto_symbolic", "suggest", "Formula", "discover", "Discovery"]

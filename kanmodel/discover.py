@@ -36,9 +36,9 @@ DEFAULTS = {
     "spaces": ("log", "raw"),       # log only where the data are strictly positive
     "seed": 0,
     "grid_schedule": (3, 5, 10, 20),
-    "steps_per_grid": 50,
+    "steps_per_grid": 200,
     "optimizer": "lbfgs",
-    "lamb": 1e-3,                   # sparsity penalty before pruning (hidden layers only)
+    "lamb": 0.0,                    # sparsity penalty before pruning (hidden layers only)
     "prune_threshold": DEFAULT_THRESHOLD,
     "library": None,                # the whole function library
     "val_fraction": 0.2,

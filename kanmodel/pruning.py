@@ -45,8 +45,9 @@ def importance(model: KAN, X) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 @torch.no_grad()
 def prune(model: KAN, X, threshold: float = DEFAULT_THRESHOLD) -> KAN:
-    """A pruned copy of model: edges with importance < threshold masked, hidden nodes
-    with importance < threshold removed; their mean activations folded into biases.
+    """A pruned copy of model: edges with importance < threshold masked; hidden nodes
+    with importance < threshold, or left without a live edge in or out, removed.
+    Every removed edge's mean activation on X is folded into its target's bias.
 
     X: raw inputs (batch, in), the data the importance is measured on (use training
     data). Inputs and outputs of the model are never removed. The original model is
@@ -61,10 +62,15 @@ def prune(model: KAN, X, threshold: float = DEFAULT_THRESHOLD) -> KAN:
     acts = model.activations(X)
     n_layers = len(model.layers)
 
-    # decide: edges to mask, hidden nodes to keep
+    # decide: edges to mask, then hidden nodes to keep. A hidden node stays when it is
+    # important and still has a live edge in and a live edge out (otherwise it is a
+    # constant, which the biases absorb).
+    drops = [(edge_imp[index] < threshold) | (layer.mask == 0) for index, layer in enumerate(model.layers)]
     keep = [torch.arange(model.width[0])]
     for level in range(1, n_layers):
-        alive = (node_imp[level] >= threshold).nonzero().flatten()
+        fed = (~drops[level - 1]).any(dim=1)
+        feeds = (~drops[level]).any(dim=0)
+        alive = ((node_imp[level] >= threshold) & fed & feeds).nonzero().flatten()
         if len(alive) == 0:  # keep the most important node so the network stays connected
             alive = node_imp[level].argmax().reshape(1)
         keep.append(alive)
@@ -80,7 +86,7 @@ def prune(model: KAN, X, threshold: float = DEFAULT_THRESHOLD) -> KAN:
     for index, (old, new) in enumerate(zip(model.layers, pruned.layers)):
         rows, cols = keep[index + 1], keep[index]
         edges = acts[index][1]                      # (batch, out, in)
-        drop = (edge_imp[index] < threshold).to(old.mask.dtype)
+        drop = drops[index].to(old.mask.dtype)
         # every dropped edge (and every edge from a removed node) keeps its mean as bias
         removed_cols = torch.ones(old.in_features, dtype=torch.bool)
         removed_cols[cols] = False

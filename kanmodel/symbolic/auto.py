@@ -22,7 +22,7 @@ import torch
 
 from .compose import SymbolicLayer, compose, substitute
 from .edge_fit import EdgeFit, fit_edge
-from .formula import Formula, evaluate, rmse
+from .formula import Formula, rmse
 from .refit import refit_constants
 from .rounding import tidy
 from .spaces import Space
@@ -65,16 +65,25 @@ def _input_ranges(model, X_model: np.ndarray | None) -> list[tuple[torch.Tensor,
         return [(z.min(0).values, z.max(0).values) for z, _ in model.activations(x)]
 
 
+def edge_curves(model, X_model: np.ndarray | None = None,
+                n_points: int = N_EDGE_POINTS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every edge's learned curve, per layer: (inputs (n_points, in), phi (n_points, out, in)).
+
+    The inputs span the range each layer input takes on X_model (inputs as the model
+    sees them, (batch, width[0])); None uses the spline domains.
+    """
+    return [_edge_samples(layer, low, high, n_points)
+            for layer, (low, high) in zip(model.layers, _input_ranges(model, X_model))]
+
+
 def edge_candidates(model, X_model: np.ndarray | None = None, library: list[str] | None = None,
                     n_points: int = N_EDGE_POINTS) -> list[dict[tuple[int, int], list[EdgeFit]]]:
     """Ranked candidates for every live edge: [{(j, i): [EdgeFit, ...]}] per layer.
 
-    X_model: inputs as the model sees them (batch, width[0]), used for the input range
-    of every edge; None uses the spline domains.
+    X_model: see `edge_curves`. Masked (pruned) edges have no entry.
     """
     result = []
-    for layer, (low, high) in zip(model.layers, _input_ranges(model, X_model)):
-        xs, acts = _edge_samples(layer, low, high, n_points)
+    for layer, (xs, acts) in zip(model.layers, edge_curves(model, X_model, n_points)):
         mask = layer.mask.detach().cpu().numpy()
         result.append({(j, i): fit_edge(xs[:, i], acts[:, j, i], library)
                        for j in range(layer.out_features) for i in range(layer.in_features)
@@ -149,7 +158,8 @@ class _Search:
                 if result[2] < best[2]:
                     best, choice = result, trial
         expr, values, _ = best
-        return substitute([expr], values)[0]
+        names = [{key: fit.name for key, fit in layer.items()} for layer in choice]
+        return substitute([expr], values)[0], names
 
 
 def auto_symbolic(model, X, y, library: list[str] | None = None, variables: list[str] | None = None,
@@ -188,9 +198,10 @@ def auto_symbolic(model, X, y, library: list[str] | None = None, variables: list
     formulas = []
     for o in range(n_out):
         yf = y[rows, o]
-        expr = _Search(model, candidates, symbols, space_, Xf, yf, o, deadline).run(alternatives)
+        expr, edge_functions = _Search(model, candidates, symbols, space_, Xf, yf, o, deadline).run(alternatives)
         expr = tidy(expr, symbols, Xf, yf)
-        formula = Formula(expr, names, symbols=symbols, output=f"y{o}" if n_out > 1 else "y")
+        formula = Formula(expr, names, symbols=symbols, output=f"y{o}" if n_out > 1 else "y",
+                          edge_functions=edge_functions)
         formula.score(X_val, y_val[:, o])
         formula.spline_rmse = rmse(spline[:, o], y_val[:, o])
         formulas.append(formula)
@@ -202,8 +213,3 @@ def _spline_predictions(model, space: Space, X: np.ndarray) -> np.ndarray:
     x = torch.as_tensor(space.inputs(X), dtype=model.in_shift.dtype)
     out = model(x).double().cpu().numpy()
     return np.exp(out) if space.name == "log" else out
-
-
-def formula_error(formula: Formula, X: np.ndarray, y: np.ndarray) -> float:
-    """RMSE of a formula on (X, y), inf when it produces non-finite values."""
-    return rmse(evaluate(formula.expr, formula.symbols, X), y)

@@ -53,6 +53,8 @@ class Formula:
     expr: sympy expression over `symbols` (one per variable, same order).
     r2, rmse: on held-out data, the formula's own error, whatever it is.
     spline_rmse: the trained model's error on the same held-out data, for comparison.
+    edge_functions: per layer {(j, i): library function name} of the network edges
+    the formula was composed from (None for a formula not made from a network).
     """
 
     expr: sympy.Expr
@@ -62,6 +64,7 @@ class Formula:
     output: str = "y"
     spline_rmse: float = float("nan")
     symbols: list[sympy.Symbol] = field(default=None)
+    edge_functions: list[dict] | None = None
 
     def __post_init__(self) -> None:
         if self.symbols is None:
