@@ -7,8 +7,8 @@ What it does:
    exports both to ONNX and registers them in a fresh SQLite database (directly, as a
    finished job would).
 2. Starts `uvicorn --factory serving:bench_app` (the production app plus one no-op
-   POST route that reads the body and answers a constant: the floor of the web stack)
-   with the given number of workers, once per batching mode.
+   POST route that reads the body and answers a constant: the floor of the web stack;
+   it is matched first, as the inference routes are) with the given number of workers, once per batching mode.
 3. Drives it from a separate process, `hey` (apt-get install hey), with 1, 16 and 64
    concurrent keep-alive clients for a fixed number of requests per target, after a
    warm-up, and reports p50/p99 latency, requests/s and rows/s.
@@ -41,7 +41,8 @@ SECTION = "## Serving"
 
 
 def bench_app():
-    """uvicorn factory: the gateway app plus POST /bench/noop."""
+    """uvicorn factory: the gateway app plus POST /bench/noop, placed first in the
+    route list like the inference routes, so it is the true floor."""
     from service.app import create_app
 
     app = create_app()
@@ -51,6 +52,7 @@ def bench_app():
         await request.body()
         return Response(b'{"ok":true}', media_type="application/json")
 
+    app.router.routes.insert(0, app.router.routes.pop())
     return app
 
 
