@@ -45,3 +45,17 @@ def model_props(*, name: str, version, task: str, kind: str, input_names: list[s
     }
     props.update(extra or {})
     return props
+
+
+def input_ranges(model) -> list[list[float]]:
+    """Per input [low, high] in raw units: the first layer's spline domain, which
+    fitting spreads over the training inputs. Beyond it the spline part is held at
+    its edge value (the out-of-grid rule), so the gateway flags such rows as
+    extrapolated. Stored as the JSON metadata prop "input_ranges"."""
+    layer = model.layers[0]
+    k, grid = int(layer.k), int(layer.grid_size)
+    knots = layer.knots.detach().double().cpu().numpy()
+    shift = model.in_shift.detach().double().cpu().numpy()
+    scale = model.in_scale.detach().double().cpu().numpy()
+    low, high = shift + scale * knots[:, k], shift + scale * knots[:, grid + k]
+    return [[float(lo), float(hi)] for lo, hi in zip(low, high)]
