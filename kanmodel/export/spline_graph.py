@@ -1,17 +1,20 @@
 """`to_onnx`: a trained KAN as an ONNX graph built from its knots and coefficients.
 
-Each layer becomes (batch, in) -> (batch, out):
+The graph works feature-major: after one transpose of the input, every tensor is
+(..., in, batch), so elementwise ops broadcast constants over long contiguous
+runs (onnxruntime is several times slower on short broadcast spans). Per layer:
 
-    dense = [base(x) | scatter of the k+1 non-zero B-spline values of clamp(x)]
-    y     = dense @ W + bias
+    s, m   local coordinate and interval of clamp(x) on each input's knots
+    N      the k+1 non-zero B-spline values (k+3, in, batch), zero-padded,
+           as polynomials in s (see `piecewise`)
+    dense  (G + k, in, batch): column c of input i is N[c - first + 1], clipped
+           into the zero padding (one GatherElements instead of a scatter)
+    y      Ws (out, (G + k) * in) @ dense + Wb (out, in) @ base(x) + bias
 
-where W (in * (1 + G + k), out) stacks mask * base_weight and the pruning mask,
-spline_weight and coef folded together, so each layer costs one matrix product
-over a row that is mostly zeros, and the k+1 basis values are closed-form
-polynomials of a local coordinate (see `piecewise`). Uniform grids find the
-interval with one floor; adaptive grids count the interior knots below x and
-gather that interval's basis polynomials. The output standardisation is folded
-into the last layer's W and bias.
+with mask, spline_weight and coef folded into Ws, mask into Wb, and the output
+standardisation into the last layer. Uniform grids find the interval with one
+round; adaptive grids count the interior knots below x and gather that
+interval's centre, width and basis polynomials (GatherElements).
 """
 
 from __future__ import annotations
@@ -57,14 +60,15 @@ class LayerArrays:
     def grid_size(self) -> int:
         return self.knots.shape[1] - 2 * self.k - 1
 
-    def stacked_weight(self) -> np.ndarray:
-        """W (in * (1 + G + k), out): base rows first, then input i's G + k spline rows."""
-        base_rows = (self.mask * self.base_weight).T
-        if self.base == "zero":
-            base_rows = np.zeros_like(base_rows)
-        spline = (self.mask * self.spline_weight)[..., None] * self.coef    # (out, in, G+k)
-        spline_rows = spline.reshape(self.n_out, -1).T
-        return np.concatenate([base_rows, spline_rows], axis=0)
+    def spline_weight_matrix(self) -> np.ndarray:
+        """Ws (out, (G + k) * in): column c * in + i is the folded coefficient of
+        basis function c of input i (the dense tensor's row order)."""
+        folded = (self.mask * self.spline_weight)[..., None] * self.coef      # (out, in, G+k)
+        return np.swapaxes(folded, 1, 2).reshape(self.n_out, -1)
+
+    def base_weight_matrix(self) -> np.ndarray:
+        """Wb (out, in)."""
+        return self.mask * self.base_weight
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -95,15 +99,16 @@ def to_onnx(model, name: str = "model", version=1, input_names=None, output_name
     output_names = column_names(output_names, n_out, "y", "output_names")
 
     g = GraphBuilder()
-    x = _standardise_input(g, _numpy(model.in_shift), _numpy(model.in_scale))
+    x = g.op("Transpose", [INPUT], "features", perm=[1, 0])               # (in, batch)
+    x = _standardise_input(g, x, _numpy(model.in_shift), _numpy(model.in_scale))
     out_shift, out_scale = _numpy(model.out_shift), _numpy(model.out_scale)
     for index, layer in enumerate(layers):
-        last = index == len(layers) - 1
-        weight, bias = layer.stacked_weight(), layer.bias
-        if last:
-            weight = weight * out_scale
+        spline_w, base_w, bias = layer.spline_weight_matrix(), layer.base_weight_matrix(), layer.bias
+        if index == len(layers) - 1:
+            spline_w, base_w = spline_w * out_scale[:, None], base_w * out_scale[:, None]
             bias = bias * out_scale + out_shift
-        x = _layer(g, x, layer, weight, bias, output=OUTPUT if last else None)
+        x = _layer(g, x, layer, spline_w, base_w, bias)
+    g.op("Transpose", [x], output=OUTPUT, perm=[1, 0])
 
     outputs = [batch_tensor(OUTPUT, n_out)]
     if task == "classification":
@@ -120,44 +125,49 @@ def _base_name(model, layer) -> str:
     return str(getattr(layer, "base", None) or getattr(model, "base", "silu"))
 
 
-def _standardise_input(g: GraphBuilder, shift: np.ndarray, scale: np.ndarray) -> str:
-    """(x - in_shift) / in_scale, skipping the identity steps (classification)."""
-    x = INPUT
+def _standardise_input(g: GraphBuilder, x: str, shift: np.ndarray, scale: np.ndarray) -> str:
+    """(x - in_shift) / in_scale on (in, batch), skipping identity steps (classification)."""
     if np.any(shift != 0):
-        x = g.op("Sub", [x, g.const(shift, "in_shift")], "z")
+        x = g.op("Sub", [x, g.const(shift[:, None], "in_shift")], "z")
     if np.any(scale != 1):
-        x = g.op("Div", [x, g.const(scale, "in_scale")], "z")
+        x = g.op("Div", [x, g.const(scale[:, None], "in_scale")], "z")
     return x
 
 
-def _layer(g: GraphBuilder, x: str, layer: LayerArrays, weight: np.ndarray, bias: np.ndarray,
-           output: str | None) -> str:
-    """Add one layer's nodes: x (batch, in) -> (batch, out)."""
+def _layer(g: GraphBuilder, x: str, layer: LayerArrays, spline_w: np.ndarray, base_w: np.ndarray,
+           bias: np.ndarray) -> str:
+    """One layer's nodes: x (in, batch) -> (out, batch)."""
     if layer.uniform:
-        values, columns = _uniform_basis_nodes(g, x, layer)
+        padded, first = _uniform_basis_nodes(g, x, layer)
     else:
-        values, columns = _adaptive_basis_nodes(g, x, layer)
-    width = layer.n_in * (layer.k + 1)
-    values = g.op("Reshape", [values, g.const([-1, width], "shape", np.int64)], "basis_values")
-    columns = g.op("Reshape", [columns, g.const([-1, width], "shape", np.int64)], "basis_columns")
-
-    base = _base_nodes(g, x, layer.base)
-    n_spline = layer.n_in * (layer.grid_size + layer.k)
-    dense = g.op("Pad", [base, g.const([0, 0, 0, n_spline], "pads", np.int64)], "dense")
-    dense = g.op("ScatterElements", [dense, columns, values], "dense", axis=1)
-    product = g.op("MatMul", [dense, g.const(weight, "weight")], "product")
-    return g.op("Add", [product, g.const(bias, "bias")], "layer_out", output=output)
+        padded, first = _adaptive_basis_nodes(g, x, layer)
+    k, n_basis = layer.k, layer.grid_size + layer.k
+    # padded[r] holds N[r - 1] (r = 1..k+1) and 0 at r = 0 and r = k+2, so column c
+    # reads padded[clip(c - first + 1, 0, k+2)].
+    first = g.op("Cast", [first], to=TensorProto.INT32)
+    index = g.op("Sub", [g.const(np.arange(n_basis)[:, None, None] + 1, "columns", np.int32), first])
+    index = g.op("Clip", [index, g.const(0, "lo", np.int32), g.const(k + 2, "hi", np.int32)], "index")
+    dense = g.op("GatherElements", [padded, index], "dense", axis=0)          # (G+k, in, batch)
+    dense = g.op("Reshape", [dense, g.const([n_basis * layer.n_in, -1], "shape", np.int64)], "dense")
+    out = g.op("MatMul", [g.const(spline_w, "spline_weight"), dense], "spline_out")
+    if layer.base != "zero":
+        base = g.op("MatMul", [g.const(base_w, "base_weight"), _base_nodes(g, x, layer.base)], "base_out")
+        out = g.op("Add", [out, base])
+    return g.op("Add", [out, g.const(bias[:, None], "bias")], "layer_out")
 
 
 def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
-    """base(x) (batch, in), the first in columns of the dense row."""
     if base == "silu":
         return g.op("Mul", [x, g.op("Sigmoid", [x])], "silu")
     if base == "identity":
         return x
-    if base == "zero":  # zero-width columns would do, but Pad needs a (batch, ...) tensor to grow
-        return g.op("Mul", [x, g.const(0.0, "zero")], "zeros")
     raise ValueError(f"base function {base!r} has no ONNX export (supported: silu, identity, zero)")
+
+
+def _padded(matrix: np.ndarray) -> np.ndarray:
+    """(..., k+1) -> (..., k+3) with a zero column on each side."""
+    pad = [(0, 0)] * (matrix.ndim - 1) + [(1, 1)]
+    return np.pad(matrix, pad)
 
 
 def _uniform_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
@@ -165,61 +175,66 @@ def _uniform_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[s
     centred coordinate: v = (x - t_0) / h - 1/2 clamped to [k, G + k] - 1/2 (the
     out-of-grid rule), interval m = round(v) in [k, G + k - 1], s = v - m.
     (At a knot v is a half-integer and either neighbouring interval gives the same
-    value: the spline is continuous.) Returns values (batch, in, k+1) float and
-    their dense column indices (batch, in, k+1) int64."""
-    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
+    value: the spline is continuous.) Returns the zero-padded values (k+3, in, batch)
+    and the dense column of the first one (in, batch)."""
+    k, grid = layer.k, layer.grid_size
     knots32 = layer.knots.astype(np.float32)
     step = (knots32[:, grid + k] - knots32[:, k]) / np.float32(grid)
     centre_of_first = knots32[:, 0] + step / np.float32(2)
-    v = g.op("Div", [g.op("Sub", [x, g.const(centre_of_first, "origin")]), g.const(step, "step")], "v")
+    v = g.op("Sub", [x, g.const(centre_of_first[:, None], "origin")])
+    v = g.op("Div", [v, g.const(step[:, None], "step")], "v")
     v = g.op("Clip", [v, g.const(k - 0.5, "lo"), g.const(grid + k - 0.5, "hi")], "v")
     interval = g.op("Clip", [g.op("Round", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
     s = g.op("Sub", [v, interval], "s")
-    values = _polynomial_nodes(g, s, centred(uniform_basis(k)))
-    # Column of basis value j: n_in base columns, then input i's block, then m - k + j.
-    offsets = n_in + np.arange(n_in)[:, None] * (grid + k) + np.arange(k + 1)[None, :] - k
-    columns = g.op("Add", [_unsqueeze(g, interval), g.const(offsets, "offsets")])
-    return values, g.op("Cast", [columns], "columns", to=TensorProto.INT64)
+    # padded values = M^T [s^1 .. s^k] + M[0]: one Gemm over all (input, row) pairs
+    matrix = _padded(centred(uniform_basis(k)))                            # (k+1 powers, k+3)
+    powers = g.op("Reshape", [_powers(g, s, k), g.const([k, -1], "shape", np.int64)], "powers")
+    values = g.op("Gemm", [g.const(matrix[1:].T, "basis_matrix"), powers, g.const(matrix[:1].T, "basis_row0")],
+                  "values")
+    values = g.op("Reshape", [values, g.const([k + 3, layer.n_in, -1], "shape", np.int64)], "values")
+    first = g.op("Sub", [interval, g.const(float(k), "k")], "first")
+    return values, first
 
 
 def _adaptive_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
-    """Any increasing knots: the interval is the number of interior knots <= x
-    (x clamped to the domain), s = (x - centre_m) / width_m and the basis
-    polynomials of that interval are gathered from a (in * G, k+1, k+1) table."""
+    """Any increasing knots: the interval m is the number of interior knots <= x
+    (x clamped to the domain), s = (x - centre_m) / width_m, and the values are
+    Horner sums over the gathered coefficients of that interval's basis polynomials."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
     knots = layer.knots
     low, high = knots[:, k], knots[:, grid + k]
-    clamped = g.op("Max", [g.op("Min", [x, g.const(high, "high")]), g.const(low, "low")], "clamped")
-    interior = knots[:, k + 1:grid + k]
+    clamped = g.op("Max", [g.op("Min", [x, g.const(high[:, None], "high")]), g.const(low[:, None], "low")],
+                   "clamped")
+    interior = knots[:, k + 1:grid + k].T[:, :, None]                     # (G-1, in, 1)
     if grid == 1:  # no interior knot: a knot at +inf is never reached
-        interior = np.full((n_in, 1), np.inf)
-    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped), g.const(interior, "interior")])
+        interior = np.full((1, n_in, 1), np.inf)
+    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped, 0), g.const(interior, "interior")])
     interval = g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT64),
-                                  g.const([-1], "axes", np.int64)], "m", keepdims=0)
-    row = g.op("Add", [interval, g.const(np.arange(n_in) * grid, "rows", np.int64)], "row")
+                                  g.const([0], "axes", np.int64)], "m", keepdims=0)    # (in, batch)
 
     left, right = knots[:, k:k + grid], knots[:, k + 1:k + grid + 1]
-    centre = g.op("Gather", [g.const(((left + right) / 2).reshape(-1), "centre"), row], axis=0)
-    inv_width = g.op("Gather", [g.const((1.0 / (right - left)).reshape(-1), "inv_width"), row], axis=0)
+    centre = g.op("GatherElements", [g.const((left + right) / 2, "centre"), interval], axis=1)
+    inv_width = g.op("GatherElements", [g.const(1.0 / (right - left), "inv_width"), interval], axis=1)
     s = g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
-    table = centred(local_bases(knots, k)).reshape(n_in * grid, k + 1, k + 1)
-    polys = g.op("Gather", [g.const(table, "bases"), row], "polys", axis=0)   # (batch, in, k+1, k+1)
-    values = g.op("ReduceSum", [g.op("Mul", [_unsqueeze(g, _powers(g, s, k)), polys]),
-                                g.const([-2], "axes", np.int64)], "values", keepdims=0)
-    offsets = n_in + np.arange(n_in)[:, None] * (grid + k) + np.arange(k + 1)[None, :]
-    columns = g.op("Add", [_unsqueeze(g, interval), g.const(offsets, "offsets", np.int64)], "columns")
-    return values, columns
+    # coefficients[p][r, i, m]: s^p coefficient of padded value r on interval m of input i
+    coefficients = np.moveaxis(_padded(centred(local_bases(knots, k))), (2, 3, 0, 1), (0, 1, 2, 3))
+    rows = g.op("Expand", [_unsqueeze(g, interval, 0), g.const([k + 3, 1, 1], "shape", np.int64)], "rows")
+    s_rows = _unsqueeze(g, s, 0)
+    values = None
+    for p in range(k, -1, -1):
+        coefficient = g.op("GatherElements", [g.const(coefficients[p], f"poly{p}"), rows], axis=2)
+        values = coefficient if values is None else g.op("Add", [g.op("Mul", [values, s_rows]), coefficient])
+    return values, interval
 
 
 def _powers(g: GraphBuilder, s: str, k: int) -> str:
-    """s (batch, in) -> [s^0 .. s^k] (batch, in, k+1)."""
-    return g.op("Pow", [_unsqueeze(g, s), g.const(np.arange(k + 1), "exponents")], "powers")
+    """s (in, batch) -> [s^1 .. s^k] (k, in, batch), by products (Pow is a slow libm call)."""
+    row = _unsqueeze(g, s, 0)
+    terms = [row]
+    for _ in range(k - 1):
+        terms.append(g.op("Mul", [terms[-1], row]))
+    return terms[0] if k == 1 else g.op("Concat", terms, "powers", axis=0)
 
 
-def _polynomial_nodes(g: GraphBuilder, s: str, matrix: np.ndarray) -> str:
-    """[s^0 .. s^k] @ matrix: (batch, in) -> (batch, in, k+1)."""
-    return g.op("MatMul", [_powers(g, s, matrix.shape[0] - 1), g.const(matrix, "basis_matrix")], "values")
-
-
-def _unsqueeze(g: GraphBuilder, x: str) -> str:
-    return g.op("Unsqueeze", [x, g.const([-1], "axes", np.int64)])
+def _unsqueeze(g: GraphBuilder, x: str, axis: int) -> str:
+    return g.op("Unsqueeze", [x, g.const([axis], "axes", np.int64)])

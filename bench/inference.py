@@ -1,0 +1,200 @@
+"""Inference benchmark: our ONNX graph vs torch eager vs the exported full-basis KAN.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/inference.py --write
+
+For each shape ([2,5,1], [6,8,4,1], [14,64,32,2], [784,64,10]; grid 5, k 3) and
+each grid kind (uniform knots, and adaptive knots after update_grid, what fit
+produces with the default grid_eps), it measures the median time per call at
+batch 1 and the throughput at batch 1024 of
+  (a) onnxruntime on kanmodel.export.to_onnx's graph,
+  (b) torch eager forward of the same kanmodel.KAN under inference_mode,
+  (c) onnxruntime on torch.onnx.export of a full-basis reference KAN (the
+      efficient-KAN construction: Cox-de Boor over all G + k basis functions,
+      then one linear layer; written here, nothing imported).
+onnxruntime runs with 1 intra-op thread and torch with 1 thread, so the numbers
+compare kernels, not thread counts. --write puts the table under "## Inference"
+in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import kanmodel  # noqa: E402
+from kanmodel.export import to_onnx  # noqa: E402
+
+DOCS = REPO / "docs" / "benchmarks.md"
+SECTION = "## Inference"
+SHAPES = ([2, 5, 1], [6, 8, 4, 1], [14, 64, 32, 2], [784, 64, 10])
+GRID, K = 5, 3
+BIG_BATCH = 1024
+
+
+class FullBasisLayer(nn.Module):
+    """Reference KAN layer: every basis function of every input by the Cox-de Boor
+    recursion on (batch, in, G + 2k) tensors, then one matmul (efficient-KAN style).
+    Beyond the grid all basis functions are 0 (its known behaviour)."""
+
+    def __init__(self, n_in: int, n_out: int, grid: int, k: int, generator: torch.Generator):
+        super().__init__()
+        step = 2.0 / grid
+        knots = torch.arange(-k, grid + k + 1, dtype=torch.float32) * step - 1.0
+        self.register_buffer("knots", knots.expand(n_in, -1).contiguous())
+        self.k = k
+        self.base_weight = nn.Parameter(torch.randn(n_out, n_in, generator=generator) / n_in ** 0.5)
+        self.spline_weight = nn.Parameter(torch.randn(n_out, n_in * (grid + k), generator=generator) * 0.1)
+
+    def basis(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.knots
+        x = x.unsqueeze(-1)
+        bases = ((x >= t[:, :-1]) & (x < t[:, 1:])).to(x.dtype)
+        for p in range(1, self.k + 1):
+            left = (x - t[:, :-(p + 1)]) / (t[:, p:-1] - t[:, :-(p + 1)]) * bases[..., :-1]
+            right = (t[:, p + 1:] - x) / (t[:, p + 1:] - t[:, 1:-p]) * bases[..., 1:]
+            bases = left + right
+        return bases
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spline = self.basis(x).reshape(x.shape[0], -1)
+        return F.linear(F.silu(x), self.base_weight) + F.linear(spline, self.spline_weight)
+
+
+def full_basis_onnx(width: list[int]) -> bytes:
+    generator = torch.Generator().manual_seed(0)
+    model = nn.Sequential(*[FullBasisLayer(a, b, GRID, K, generator) for a, b in zip(width[:-1], width[1:])])
+    buffer = io.BytesIO()
+    torch.onnx.export(model.eval(), (torch.zeros(2, width[0]),), buffer, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def our_model(width: list[int], adaptive: bool, X: np.ndarray) -> kanmodel.KAN:
+    model = kanmodel.KAN(width, grid=GRID, k=K, grid_eps=0.02 if adaptive else 1.0, seed=0)
+    model.set_standardisation(X)
+    model.update_grid(X)
+    return model.eval()
+
+
+def session(blob: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+
+
+def median_seconds(call, budget_s: float, max_calls: int) -> float:
+    """Median wall time of call() over as many calls as fit in budget_s (at least 3)."""
+    for _ in range(3):
+        call()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < 3 or (len(times) < max_calls and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(call_one, call_big, budget_s: float) -> tuple[float, float]:
+    """-> (batch-1 latency in us, batch-1024 throughput in rows/s)."""
+    latency = median_seconds(call_one, budget_s, 5000) * 1e6
+    throughput = BIG_BATCH / median_seconds(call_big, budget_s, 200)
+    return latency, throughput
+
+
+def run(budget_s: float) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for width in SHAPES:
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(4096, width[0])).astype(np.float32)
+        one, big = X[:1].copy(), X[:BIG_BATCH].copy()
+        reference = session(full_basis_onnx(width))
+        c = measure(lambda: reference.run(None, {"input": one}),
+                    lambda: reference.run(None, {"input": big}), budget_s)
+        for adaptive in (False, True):
+            model = our_model(width, adaptive, X)
+            ours = session(to_onnx(model))
+            a = measure(lambda: ours.run(None, {"input": one}), lambda: ours.run(None, {"input": big}), budget_s)
+            one_t, big_t = torch.from_numpy(one), torch.from_numpy(big)
+            with torch.inference_mode():
+                b = measure(lambda: model(one_t), lambda: model(big_t), budget_s)
+            row = {"width": width, "grid": "adaptive" if adaptive else "uniform", "a": a, "b": b, "c": c}
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    (a1, at), (b1, bt), (c1, ct) = row["a"], row["b"], row["c"]
+    return (f"| {row['width']} | {row['grid']} | {a1:.1f} | {b1:.1f} | {c1:.1f} | {b1 / a1:.1f}x "
+            f"| {at:,.0f} | {bt:,.0f} | {ct:,.0f} | {at / ct:.1f}x |")
+
+
+def table(rows: list[dict], command: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        SECTION, "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} shared CPU cores ({cpu}), torch {torch.__version__}, "
+        f"onnxruntime {ort.__version__}; 1 thread each, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}. Grid 5, k 3. Median per call.",
+        "",
+        "(a) onnxruntime on `kanmodel.export.to_onnx`, (b) torch eager `KAN.forward` under "
+        "`inference_mode`, (c) onnxruntime on `torch.onnx.export` of a full-basis (efficient-KAN "
+        "style) KAN of the same shape. Targets: (a) batch-1 <= 50 us on [2,5,1] and >= 3x faster "
+        "than (b); (a) throughput >= 5x (c).",
+        "",
+        "| shape | grid | (a) b=1 us | (b) b=1 us | (c) b=1 us | (b)/(a) | (a) rows/s b=1024 "
+        "| (b) rows/s | (c) rows/s | (a)/(c) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [format_row(r) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) this benchmark's section of docs/benchmarks.md."""
+    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    start = existing.find(SECTION + "\n")
+    if start < 0:
+        updated = existing.rstrip("\n") + "\n\n" + text
+    else:
+        end = existing.find("\n## ", start + len(SECTION))
+        updated = existing[:start] + text + (existing[end:] if end >= 0 else "")
+    DOCS.write_text(updated)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+    rows = run(args.budget)
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/inference.py " + " ".join(sys.argv[1:])
+    text = table(rows, command.strip())
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
