@@ -17,6 +17,7 @@ from kanmodel.model import KAN
 
 FORMAT_NAME = "kanmodel"
 FORMAT_VERSION = "1"
+METADATA_KEY = "kanmodel"
 
 
 class CheckpointError(ValueError):
@@ -25,14 +26,16 @@ class CheckpointError(ValueError):
 
 def to_bytes(model: KAN) -> bytes:
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    metadata = {
+    # One metadata key: safetensors writes several keys in hash order, which would make
+    # the bytes of two identical models differ.
+    header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "config": json.dumps(model.config()),
-        "uniform": json.dumps([layer.uniform for layer in model.layers]),
+        "config": model.config(),
+        "uniform": [layer.uniform for layer in model.layers],
         "dtype": str(model.in_shift.dtype).removeprefix("torch."),
     }
-    return save_tensors(tensors, metadata=metadata)
+    return save_tensors(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
 
 
 def _read_metadata(blob: bytes) -> dict:
@@ -44,11 +47,13 @@ def _read_metadata(blob: bytes) -> dict:
         raise CheckpointError("checkpoint header size exceeds the file: truncated or not safetensors")
     try:
         header = json.loads(blob[8: 8 + header_size])
+        metadata = json.loads(header["__metadata__"][METADATA_KEY])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"checkpoint header is not valid JSON: {error}") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    except (KeyError, TypeError):
+        raise CheckpointError("not a kanmodel checkpoint (no kanmodel metadata in the safetensors header)") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-        raise CheckpointError("not a kanmodel checkpoint (safetensors metadata lacks format=kanmodel)")
+        raise CheckpointError("not a kanmodel checkpoint (metadata lacks format=kanmodel)")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"unsupported kanmodel checkpoint version {metadata.get('format_version')!r}")
     return metadata
@@ -57,11 +62,13 @@ def _read_metadata(blob: bytes) -> dict:
 def from_bytes(blob: bytes) -> KAN:
     metadata = _read_metadata(blob)
     try:
-        config = json.loads(metadata["config"])
-        uniform = json.loads(metadata["uniform"])
+        config = metadata["config"]
+        uniform = metadata["uniform"]
         dtype = getattr(torch, metadata["dtype"])
-    except (KeyError, json.JSONDecodeError, AttributeError) as error:
+    except (KeyError, AttributeError) as error:
         raise CheckpointError(f"checkpoint metadata is incomplete or malformed: {error!r}") from None
+    if not isinstance(dtype, torch.dtype) or not isinstance(config, dict) or not isinstance(uniform, list):
+        raise CheckpointError("checkpoint metadata is malformed (config, uniform or dtype)")
     try:
         tensors = load_tensors(blob)
     except Exception as error:  # safetensors raises its own error type for any bad payload

@@ -69,6 +69,23 @@ def data_knots(x: torch.Tensor, grid_size: int, k: int, grid_eps: float) -> torc
     return extend_knots(inner, k).to(x.dtype)
 
 
+def refined_knots(knots: torch.Tensor, k: int, grid_size: int) -> torch.Tensor:
+    """(in, G + 2k + 1) -> (in, grid_size + 2k + 1) on the same domain.
+
+    The new inner knots interpolate the old ones linearly in knot index, so the old
+    knot density is kept, and when grid_size is a multiple of G every old knot is
+    kept: the old spline is then exactly representable (knot insertion).
+    """
+    old_size = knots.shape[1] - 2 * k - 1
+    inner = knots[:, k: old_size + k + 1].to(torch.float64)
+    position = torch.arange(grid_size + 1, dtype=torch.float64, device=knots.device) * old_size / grid_size
+    left = position.floor().long().clamp(max=old_size - 1)
+    fraction = position - left
+    new_inner = inner[:, left] * (1 - fraction) + inner[:, left + 1] * fraction
+    new_inner[:, -1] = inner[:, -1]
+    return extend_knots(new_inner, k).to(knots.dtype)
+
+
 def fit_coefficients(x: torch.Tensor, targets: torch.Tensor, knots: torch.Tensor,
                      k: int, uniform: bool) -> torch.Tensor:
     """Spline coefficients that reproduce targets at x, per input.

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kanmodel.basis import clamp_to_domain, dense_basis
-from kanmodel.grid import data_knots, fit_coefficients, uniform_knots
+from kanmodel.grid import data_knots, fit_coefficients, refined_knots, uniform_knots
 from kanmodel.spline_op import spline_matmul
 
 BASE_FUNCTIONS = {
@@ -88,14 +88,30 @@ class KANLayer(nn.Module):
         return self.mask * (base + self.spline_weight * self.spline_values(x))
 
     @torch.no_grad()
-    def regrid(self, x: torch.Tensor, grid_size: int, grid_eps: float) -> None:
-        """Place grid_size intervals on the samples x (batch, in) and re-fit coef so
-        every edge's spline keeps its values at x (least squares)."""
+    def update_grid(self, x: torch.Tensor, grid_eps: float) -> None:
+        """Spread the knots over the samples x (batch, in) (grid_eps mixes uniform and
+        quantile knots) and re-fit coef so every spline keeps its values at x."""
+        knots = data_knots(x, self.grid_size, self.k, grid_eps)
+        self._refit(x, knots, uniform=grid_eps >= 1.0)
+
+    @torch.no_grad()
+    def refine(self, x: torch.Tensor, grid_size: int) -> None:
+        """Grid extension to grid_size intervals on the same domain (see refined_knots),
+        coef least-squares fitted to the current splines at the samples x (batch, in)
+        and across the domain."""
         if grid_size < 1:
             raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+        knots = refined_knots(self.knots, self.k, grid_size)
+        # Fit on the samples and on points covering every new interval, so the spline
+        # is kept on the whole domain, not only where the samples happen to lie.
+        inner = knots[:, self.k: grid_size + self.k + 1]
+        fractions = (torch.arange(2 * self.k + 2, dtype=x.dtype, device=x.device) + 0.5) / (2 * self.k + 2)
+        cover = inner[:, :-1, None] + inner.diff(dim=1)[:, :, None] * fractions
+        samples = torch.cat([x, cover.reshape(self.in_features, -1).t()])
+        self._refit(samples, knots, self.uniform)
+
+    def _refit(self, x: torch.Tensor, knots: torch.Tensor, uniform: bool) -> None:
         targets = self.spline_values(x)
-        knots = data_knots(x, grid_size, self.k, grid_eps)
-        uniform = grid_eps >= 1.0
         inside = clamp_to_domain(x, knots, self.k)
         # A new Parameter, not .data: autograd caches the old shape on the old leaf.
         self.coef = nn.Parameter(fit_coefficients(inside, targets, knots, self.k, uniform))

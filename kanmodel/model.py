@@ -116,23 +116,31 @@ class KAN(nn.Module):
 
     @torch.no_grad()
     def update_grid(self, x) -> None:
-        """Adapt every layer's knots to the data x (raw inputs, (batch, in)), keeping the
-        function on x (least-squares re-fit of the coefficients)."""
-        self._regrid(x, self.grid_size)
+        """Adapt every layer's knots to the data x (raw inputs, (batch, in)): the domain
+        spans the data and the coefficients are re-fitted (least squares) to keep the
+        function on x. Where x left the old domain the old function was clamped (a kink
+        a spline only approximates), so there the function is kept approximately."""
+        z = self._grid_samples(x)
+        for layer in self.layers:
+            layer.update_grid(z, self.grid_eps)
+            z = layer(z)
 
     @torch.no_grad()
     def refine(self, new_grid: int, x) -> None:
-        """Grid extension: new_grid intervals per edge, coefficients fitted to the current
-        activations on x (raw inputs, (batch, in))."""
-        self._regrid(x, int(new_grid))
+        """Grid extension: new_grid intervals per edge on each edge's current domain,
+        coefficients least-squares fitted to the current activations on x (raw inputs,
+        (batch, in)). With new_grid a multiple of the grid size the function is kept
+        exactly (up to the fit's rounding)."""
+        z = self._grid_samples(x)
+        for layer in self.layers:
+            layer.refine(z, int(new_grid))
+            z = layer(z)
 
-    def _regrid(self, x, grid_size: int) -> None:
+    def _grid_samples(self, x) -> torch.Tensor:
         z = self.standardise(self.check_input(x))
         if len(z) == 0:
             raise ValueError("x must contain at least one row to place the grid")
-        for layer in self.layers:
-            layer.regrid(z, grid_size, self.grid_eps)
-            z = layer(z)
+        return z
 
 
 def _safe_std(values: torch.Tensor) -> torch.Tensor:

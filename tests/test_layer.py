@@ -1,0 +1,136 @@
+"""KANLayer / KAN forward: gradients, out-of-grid rule, dtypes, masks."""
+import pytest
+import torch
+from torch.func import functional_call
+
+import kanmodel
+from kanmodel.grid import data_knots
+from kanmodel.layer import KANLayer
+
+torch.set_num_threads(1)
+
+
+def make_layer(uniform: bool, dtype=torch.float64, seed=0) -> KANLayer:
+    generator = torch.Generator().manual_seed(seed)
+    layer = KANLayer(3, 2, grid_size=4, k=3, generator=generator, dtype=dtype)
+    with torch.no_grad():
+        layer.coef.normal_(generator=generator)
+        layer.spline_weight.uniform_(0.5, 1.5, generator=generator)
+    if not uniform:
+        samples = torch.randn(200, 3, generator=generator, dtype=dtype) ** 3
+        layer.set_knots(data_knots(samples, 4, 3, grid_eps=0.02), uniform=False)
+    return layer
+
+
+def points_avoiding_the_domain_edges(layer: KANLayer, n: int = 12) -> torch.Tensor:
+    """Inputs inside and outside the grid but never on its edges (a kink of the clamp)."""
+    generator = torch.Generator().manual_seed(1)
+    low, high = layer.knots[:, layer.k], layer.knots[:, layer.grid_size + layer.k]
+    levels = torch.rand(n, layer.in_features, generator=generator, dtype=torch.float64) * 1.6 - 0.3
+    levels = torch.where((levels - 0.0).abs() < 0.02, levels + 0.05, levels)
+    levels = torch.where((levels - 1.0).abs() < 0.02, levels + 0.05, levels)
+    return (low + (high - low) * levels).to(layer.coef.dtype)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_gradcheck_inputs_and_parameters(uniform):
+    layer = make_layer(uniform)
+    x = points_avoiding_the_domain_edges(layer).requires_grad_()
+    names = ["coef", "base_weight", "spline_weight", "bias"]
+    params = [getattr(layer, n).detach().clone().requires_grad_() for n in names]
+
+    def run(x, *values):
+        return functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
+
+
+def test_forward_equals_sum_of_edge_activations():
+    for uniform in (True, False):
+        layer = make_layer(uniform)
+        x = points_avoiding_the_domain_edges(layer, 40)
+        edges = layer.edge_activations(x)
+        assert edges.shape == (40, 2, 3)
+        torch.testing.assert_close(layer(x), edges.sum(-1) + layer.bias)
+
+
+def test_outside_the_grid_the_spline_is_clamped_and_the_base_is_not():
+    layer = make_layer(uniform=False)
+    k, g = layer.k, layer.grid_size
+    low, high = layer.knots[:, k], layer.knots[:, g + k]
+    far_out = torch.stack([low - 5.0, high + 5.0])          # (2, in)
+    at_edge = torch.stack([low, high])
+    spline_far = layer.spline_values(far_out)
+    torch.testing.assert_close(spline_far, layer.spline_values(at_edge))
+    assert spline_far.abs().min() > 0                       # not a silent zero
+    base_far = torch.nn.functional.silu(far_out).unsqueeze(1) * layer.base_weight
+    expected = base_far + layer.spline_weight * spline_far
+    torch.testing.assert_close(layer.edge_activations(far_out), expected)
+    torch.testing.assert_close(layer(far_out), expected.sum(-1) + layer.bias)
+    # The fast path agrees with the edge path, and the spline gradient outside is zero.
+    x = far_out.clone().requires_grad_()
+    spline_only = layer(x) - torch.nn.functional.silu(x) @ layer.base_weight.t()
+    (grad,) = torch.autograd.grad(spline_only.sum(), x)
+    torch.testing.assert_close(grad, torch.zeros_like(grad))
+
+
+def test_mask_removes_an_edge():
+    layer = make_layer(uniform=True)
+    x = points_avoiding_the_domain_edges(layer, 20)
+    before = layer(x)
+    layer.mask[1, 2] = 0.0
+    after = layer(x)
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+    removed = layer.edge_activations(x)[:, 1, 2]
+    assert removed.abs().max() == 0
+    layer.mask[1, 2] = 1.0
+    expected = before[:, 1] - layer.edge_activations(x)[:, 1, 2]
+    torch.testing.assert_close(after[:, 1], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_model_dtype_follows_the_module(dtype):
+    model = kanmodel.KAN([3, 4, 2], grid=5).to(dtype)
+    x = torch.randn(16, 3, dtype=dtype)
+    out = model(x)
+    assert out.dtype == dtype and out.shape == (16, 2)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in model.parameters())
+
+
+def test_float32_and_float64_models_agree():
+    model = kanmodel.KAN([3, 4, 2], grid=5, seed=3)
+    x = torch.randn(64, 3) * 2
+    model.update_grid(x)
+    out32 = model(x)
+    out64 = model.double()(x.double())
+    torch.testing.assert_close(out32.double(), out64, atol=1e-5, rtol=1e-5)
+
+
+def test_standardisation_is_applied_to_raw_inputs_and_outputs():
+    model = kanmodel.KAN([2, 3, 1], grid=5, seed=0)
+    x = torch.randn(50, 2) * torch.tensor([10.0, 0.1]) + torch.tensor([100.0, -3.0])
+    y = torch.randn(50, 1) * 7 + 40
+    model.set_standardisation(x, y)
+    torch.testing.assert_close(model.in_shift, x.mean(0))
+    torch.testing.assert_close(model.out_scale, y.std(0, unbiased=False))
+    z = (x - model.in_shift) / model.in_scale
+    expected = model.forward_standardised(z) * model.out_scale + model.out_shift
+    torch.testing.assert_close(model(x), expected)
+    activations = model.activations(x)
+    torch.testing.assert_close(activations[0][0], z)
+    assert [a[1].shape for a in activations] == [(50, 3, 2), (50, 1, 3)]
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="width"):
+        kanmodel.KAN([3])
+    with pytest.raises(ValueError, match="base"):
+        kanmodel.KAN([2, 1], base="relu6")
+    with pytest.raises(ValueError, match="task"):
+        kanmodel.KAN([2, 1], task="ranking")
+    model = kanmodel.KAN([2, 1])
+    with pytest.raises(ValueError, match=r"shape \(batch, 2\)"):
+        model(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        model.update_grid(torch.tensor([[0.0, float("nan")]]))
