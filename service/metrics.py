@@ -107,7 +107,9 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            model = scope.get("path_params", {}).get("name", "") if route is not None else ""
+            # Only names that resolved to a model become label values: anyone can send
+            # requests for made-up names, and each value is a new time series.
+            model = "" if route is None or status in (401, 403, 404) else scope.get("path_params", {}).get("name", "")
             method = scope["method"]
             self.metrics.latency.labels(method, template, model).observe(time.perf_counter() - start)
             self.metrics.requests.labels(method, template, model, str(status)).inc()
