@@ -193,3 +193,13 @@ def test_rows_outside_the_training_range_are_answered_and_flagged(tmp_path):
         np.testing.assert_allclose(body["outputs"], np.sum(rows, axis=1, keepdims=True), rtol=1e-6)
         # A graph that does not record its training range cannot flag anything.
         assert client.post("/v1/models/unranged/predict", json={"inputs": rows}).json()["extrapolated"] is None
+
+
+def test_exported_models_flag_rows_beyond_their_training_range(env):
+    # The fixture's grids were spread over inputs in [-1, 1].
+    rows = [[0.0, 0.0], [0.9, -0.9], [5.0, 0.0], [0.0, -7.0]]
+    body = env.client.post("/v1/models/reg/predict", json={"inputs": rows}).json()
+    assert body["extrapolated"] == [False, False, True, True]
+    # Formula graphs carry no ranges; the spline graph of the same version supplies them.
+    body = env.client.post("/v1/models/reg/predict", json={"inputs": rows, "engine": "formula"}).json()
+    assert body["extrapolated"] == [False, False, True, True]

@@ -19,13 +19,14 @@ interval's centre, width and basis polynomials (GatherElements).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from onnx import TensorProto
 
-from kanmodel.export.metadata import column_names, model_props
+from kanmodel.export.metadata import column_names, input_ranges, model_props
 from kanmodel.export.onnx_builder import GraphBuilder, batch_tensor
 from kanmodel.export.piecewise import centred, is_uniform, local_bases, uniform_basis
 
@@ -116,7 +117,8 @@ def to_onnx(model, name: str = "model", version=1, input_names=None, output_name
         outputs.append(batch_tensor(PROBABILITIES, n_out))
     props = model_props(name=name, version=version, task=task, kind="spline",
                         input_names=input_names, output_names=output_names,
-                        extra={"width": str(list(model.width))})
+                        extra={"width": str(list(model.width)),
+                               "input_ranges": json.dumps(input_ranges(model))})
     doc = f"KAN {list(model.width)} exported by kanserve from its spline coefficients"
     return g.model(str(name), [batch_tensor(INPUT, n_in)], outputs, props, doc).SerializeToString()
 
