@@ -7,9 +7,9 @@ The recipe (every option below has this default; nothing is tuned per data set):
    [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1] -> [n,3,1]), each in the raw space and,
    when all inputs and outputs are strictly positive, first in log space (log y as
    a function of log x: products and powers become sums). For each:
-   a. train through the grid schedule with LBFGS (shapes with hidden layers first
-      with a small sparsity penalty on the coarse grids, then pruned, then trained
-      on without the penalty on the finer grids);
+   a. train: Adam on the first grid of the schedule (LBFGS from a random start
+      stalls in poor minima on some shapes, e.g. [2,1,1]), prune (shapes with hidden
+      layers), then LBFGS through the remaining grids;
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
@@ -36,9 +36,10 @@ DEFAULTS = {
     "spaces": ("log", "raw"),       # log only where the data are strictly positive
     "seed": 0,
     "grid_schedule": (3, 5, 10, 20),
-    "steps_per_grid": 200,
+    "warmup_steps": 300,            # Adam steps on the first grid
+    "steps_per_grid": 150,          # then this many optimizer steps on every later grid
     "optimizer": "lbfgs",
-    "lamb": 0.0,                    # sparsity penalty before pruning (hidden layers only)
+    "lamb": 0.0,                    # sparsity penalty in the warm-up (hidden layers only)
     "prune_threshold": DEFAULT_THRESHOLD,
     "library": None,                # the whole function library
     "val_fraction": 0.2,
@@ -88,27 +89,31 @@ def _check_inputs(X, y, task):
     return X, y
 
 
-def _train(width, space: Space, X, y, task, opts) -> tuple[KAN, list[dict]]:
-    """Train (and, with hidden layers, prune then train on) one network; model-space data."""
+def _train(width, X, y, task, opts) -> tuple[KAN, list[dict]]:
+    """Adam on the first grid (robust from a random start), prune (networks with hidden
+    layers), then the optimizer of the recipe (LBFGS) on the finer grids.
+    X, y in the model's space."""
     schedule = list(opts["grid_schedule"])
-    common = dict(optimizer=opts["optimizer"], steps_per_grid=opts["steps_per_grid"],
-                  val_fraction=0.15, seed=opts["seed"])
+    common = dict(val_fraction=0.15, seed=opts["seed"])
+    hidden = len(width) > 2
     model = KAN(width, grid=schedule[0], seed=opts["seed"], task=task)
     target = y if task == "regression" else y.astype(np.int64)
-    if len(width) == 2 or len(schedule) < 2:
-        return model, fit(model, X, target, grid_schedule=schedule, **common).history
-    split = max(1, len(schedule) // 2)
-    first = fit(model, X, target, grid_schedule=schedule[:split], lamb=opts["lamb"], **common)
-    model = prune(model, X, opts["prune_threshold"])
-    second = fit(model, X, target, grid_schedule=schedule[split:], **common)
-    return model, first.history + [dict(h, stage=h["stage"] + split) for h in second.history]
+    warm = fit(model, X, target, optimizer="adam", grid_schedule=schedule[:1],
+               steps_per_grid=opts["warmup_steps"], lamb=opts["lamb"] if hidden else 0.0, **common)
+    if hidden:
+        model = prune(model, X, opts["prune_threshold"])
+    if len(schedule) == 1:
+        return model, warm.history
+    rest = fit(model, X, target, optimizer=opts["optimizer"], grid_schedule=schedule[1:],
+               steps_per_grid=opts["steps_per_grid"], **common)
+    return model, warm.history + [dict(h, stage=h["stage"] + 1) for h in rest.history]
 
 
 def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
     space = Space(space_name)
     started = time.monotonic()
     torch.manual_seed(opts["seed"])
-    model, history = _train(width, space, space.inputs(X_tr), space.targets(y_tr) if task == "regression"
+    model, history = _train(width, space.inputs(X_tr), space.targets(y_tr) if task == "regression"
                             else y_tr, task, opts)
     if task == "regression":
         fit_targets = y_tr

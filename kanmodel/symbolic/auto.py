@@ -30,6 +30,9 @@ from .spaces import Space
 N_EDGE_POINTS = 201
 # relative RMSE (to std(y)) below which a formula counts as exact and the search stops
 EXACT = 1e-9
+# Alternatives are searched only when the spline model itself is this accurate
+# (relative RMSE on the fit data): a poor model has no exact formula to find.
+ALTERNATIVES_WHEN_SPLINE_BELOW = 1e-2
 MAX_REFIT_ROWS = 2000
 
 
@@ -132,6 +135,8 @@ class _Search:
         self.model, self.candidates, self.symbols, self.space = model, candidates, symbols, space
         self.X, self.y, self.output, self.deadline = X, y, output, deadline
         self.scale = float(np.std(y)) or 1.0
+        spline = _spline_predictions(model, space, X)[:, output]
+        self.spline_error = rmse(spline, y) / self.scale
 
     def evaluate(self, choice):
         exprs, values = _output_exprs(self.model, choice, self.symbols, self.space)
@@ -142,6 +147,8 @@ class _Search:
     def run(self, alternatives: int):
         choice = [{key: fits[0] for key, fits in layer.items()} for layer in self.candidates]
         best = self.evaluate(choice)
+        if self.spline_error > ALTERNATIVES_WHEN_SPLINE_BELOW:
+            alternatives = 0
         last = len(self.candidates) - 1
         # least certain edges first: their best candidate is the most likely to be wrong
         edges = sorted(((fits[0].r2, index, key) for index, layer in enumerate(self.candidates)
@@ -152,6 +159,8 @@ class _Search:
             if best[2] <= EXACT * self.scale or time.monotonic() > self.deadline:
                 break
             for alt in self.candidates[index][key][1:1 + alternatives]:
+                if time.monotonic() > self.deadline:
+                    break
                 trial = [dict(layer) for layer in choice]
                 trial[index][key] = alt
                 result = self.evaluate(trial)

@@ -25,7 +25,7 @@ RELATIVE_MATCH = 1e-6
 TINY = 1e-7
 # sympy.simplify is tried only on expressions up to this many operations (it can take
 # minutes on big ones).
-MAX_SIMPLIFY_OPS = 120
+MAX_SIMPLIFY_OPS = 60
 
 
 def nice_number(v: float, rel: float = RELATIVE_MATCH) -> sympy.Expr | None:
