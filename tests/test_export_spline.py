@@ -43,6 +43,9 @@ CASES = [
     Case((4, 5, 3), k=2, task="classification", prune=True),
     Case((2, 4, 1), k=3, grid_eps=0.02, base="identity", prune=True),
     Case((2, 3, 1), k=2, base="zero"),
+    # >= BATCH_MAJOR_MIN_INPUTS inputs: adaptive layers evaluated batch-major
+    Case((40, 33, 2), k=2, grid_eps=0.02, prune=True),
+    Case((36, 3), k=5, grid_eps=0.02, task="classification"),
 ]
 
 
@@ -67,8 +70,9 @@ def build_model(case: Case) -> tuple[kanmodel.KAN, np.ndarray]:
     if case.train == "random":  # non-trivial splines without training time
         with torch.no_grad():
             for layer in model.layers:
-                layer.coef.normal_(0.0, 0.3, generator=generator)
-                layer.base_weight.normal_(0.0, 0.3, generator=generator)
+                spread = 0.5 / layer.in_features ** 0.5   # outputs O(1) whatever the width
+                layer.coef.normal_(0.0, spread, generator=generator)
+                layer.base_weight.normal_(0.0, spread, generator=generator)
                 layer.spline_weight.uniform_(0.5, 1.0, generator=generator)
                 layer.bias.normal_(0.0, 0.1, generator=generator)
         model.set_standardisation(X, y)

@@ -1,20 +1,21 @@
 """`to_onnx`: a trained KAN as an ONNX graph built from its knots and coefficients.
 
-The graph works feature-major: after one transpose of the input, every tensor is
-(..., in, batch), so elementwise ops broadcast constants over long contiguous
-runs (onnxruntime is several times slower on short broadcast spans). Per layer:
+Per layer, x (batch, in) -> y (batch, out):
 
     s, m   local coordinate and interval of clamp(x) on each input's knots
-    N      the k+1 non-zero B-spline values (k+3, in, batch), zero-padded,
-           as polynomials in s (see `piecewise`)
-    dense  (G + k, in, batch): column c of input i is N[c - first + 1], clipped
+    N      the k+1 non-zero B-spline values, zero-padded to k+3 rows, as
+           polynomials in s (see `piecewise`)
+    dense  (G + k) rows per input: row c of input i is N[c - first + 1], clipped
            into the zero padding (one GatherElements instead of a scatter)
-    y      Ws (out, (G + k) * in) @ dense + Wb (out, in) @ base(x) + bias
+    y      dense @ Ws^T + base(x) @ Wb^T + bias          (Gemm, weights packed once)
 
 with mask, spline_weight and coef folded into Ws, mask into Wb, and the output
-standardisation into the last layer. Uniform grids find the interval with one
-round; adaptive grids count the interior knots below x and gather that
-interval's centre, width and basis polynomials (GatherElements).
+standardisation into the last layer. Layouts are chosen for onnxruntime, which
+is several times slower on short contiguous runs (broadcasts, GatherElements):
+uniform layers work feature-major ((in, batch): one Round finds the interval,
+one Gemm evaluates all polynomials); adaptive layers count the interior knots
+below x and gather their interval's centre, width and polynomial coefficients
+batch-major ((batch, rows, in): the gathered tables never repeat over the batch).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from onnx import TensorProto
 from kanmodel.export.metadata import column_names, input_ranges, model_props
 from kanmodel.export.onnx_builder import GraphBuilder, batch_tensor
 from kanmodel.export.piecewise import centred, is_uniform, local_bases, uniform_basis
+
+# Adaptive layers with at least this many inputs are evaluated batch-major (see _layer).
+BATCH_MAJOR_MIN_INPUTS = 32
 
 INPUT = "input"
 OUTPUT = "output"
@@ -100,16 +104,15 @@ def to_onnx(model, name: str = "model", version=1, input_names=None, output_name
     output_names = column_names(output_names, n_out, "y", "output_names")
 
     g = GraphBuilder()
-    x = g.op("Transpose", [INPUT], "features", perm=[1, 0])               # (in, batch)
-    x = _standardise_input(g, x, _numpy(model.in_shift), _numpy(model.in_scale))
+    x = _standardise_input(g, INPUT, _numpy(model.in_shift), _numpy(model.in_scale))
     out_shift, out_scale = _numpy(model.out_shift), _numpy(model.out_scale)
     for index, layer in enumerate(layers):
+        last = index == len(layers) - 1
         spline_w, base_w, bias = layer.spline_weight_matrix(), layer.base_weight_matrix(), layer.bias
-        if index == len(layers) - 1:
+        if last:
             spline_w, base_w = spline_w * out_scale[:, None], base_w * out_scale[:, None]
             bias = bias * out_scale + out_shift
-        x = _layer(g, x, layer, spline_w, base_w, bias)
-    g.op("Transpose", [x], output=OUTPUT, perm=[1, 0])
+        x = _layer(g, x, layer, spline_w, base_w, bias, output=OUTPUT if last else None)
 
     outputs = [batch_tensor(OUTPUT, n_out)]
     if task == "classification":
@@ -128,34 +131,39 @@ def _base_name(model, layer) -> str:
 
 
 def _standardise_input(g: GraphBuilder, x: str, shift: np.ndarray, scale: np.ndarray) -> str:
-    """(x - in_shift) / in_scale on (in, batch), skipping identity steps (classification)."""
+    """(x - in_shift) / in_scale, skipping identity steps (classification)."""
     if np.any(shift != 0):
-        x = g.op("Sub", [x, g.const(shift[:, None], "in_shift")], "z")
+        x = g.op("Sub", [x, g.const(shift, "in_shift")], "z")
     if np.any(scale != 1):
-        x = g.op("Div", [x, g.const(scale[:, None], "in_scale")], "z")
+        x = g.op("Div", [x, g.const(scale, "in_scale")], "z")
     return x
 
 
 def _layer(g: GraphBuilder, x: str, layer: LayerArrays, spline_w: np.ndarray, base_w: np.ndarray,
-           bias: np.ndarray) -> str:
-    """One layer's nodes: x (in, batch) -> (out, batch)."""
+           bias: np.ndarray, output: str | None) -> str:
+    """One layer's nodes: x (batch, in) -> y (batch, out)."""
     if layer.uniform:
-        padded, first = _uniform_basis_nodes(g, x, layer)
+        dense, transposed = _uniform_dense(g, x, layer), 1     # ((G+k) * in, batch)
     else:
-        padded, first = _adaptive_basis_nodes(g, x, layer)
-    k, n_basis = layer.k, layer.grid_size + layer.k
-    # padded[r] holds N[r - 1] (r = 1..k+1) and 0 at r = 0 and r = k+2, so column c
-    # reads padded[clip(c - first + 1, 0, k+2)].
-    first = g.op("Cast", [first], to=TensorProto.INT32)
-    index = g.op("Sub", [g.const(np.arange(n_basis)[:, None, None] + 1, "columns", np.int32), first])
-    index = g.op("Clip", [index, g.const(0, "lo", np.int32), g.const(k + 2, "hi", np.int32)], "index")
-    dense = g.op("GatherElements", [padded, index], "dense", axis=0)          # (G+k, in, batch)
-    dense = g.op("Reshape", [dense, g.const([n_basis * layer.n_in, -1], "shape", np.int64)], "dense")
-    out = g.op("MatMul", [g.const(spline_w, "spline_weight"), dense], "spline_out")
+        # Wide layers gather along the inputs (fast at any batch size), narrow ones
+        # along the batch (their few inputs would make short runs).
+        feature_major = layer.n_in < BATCH_MAJOR_MIN_INPUTS
+        dense, transposed = _adaptive_dense(g, x, layer, feature_major), int(feature_major)
+    bias_term = g.const(bias, "bias")
     if layer.base != "zero":
-        base = g.op("MatMul", [g.const(base_w, "base_weight"), _base_nodes(g, x, layer.base)], "base_out")
-        out = g.op("Add", [out, base])
-    return g.op("Add", [out, g.const(bias[:, None], "bias")], "layer_out")
+        bias_term = g.op("Gemm", [_base_nodes(g, x, layer.base), g.const(base_w.T, "base_weight"), bias_term],
+                         "base_out")
+    return g.op("Gemm", [dense, g.const(spline_w.T, "spline_weight"), bias_term], "layer_out",
+                output=output, transA=transposed)
+
+
+def _band_index(g: GraphBuilder, first: str, k: int, n_basis: int, columns_shape: tuple[int, ...]) -> str:
+    """Row of the padded values read by each dense column: clip(c - first + 1, 0, k+2)
+    (padded[r] holds N[r - 1] for r = 1..k+1 and 0 at r = 0 and r = k+2).
+    first is int32; the column numbers broadcast against it with columns_shape."""
+    columns = (np.arange(n_basis) + 1).reshape(columns_shape)
+    index = g.op("Sub", [g.const(columns, "columns", np.int32), first])
+    return g.op("Clip", [index, g.const(0, "lo", np.int32), g.const(k + 2, "hi", np.int32)], "index")
 
 
 def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
@@ -172,61 +180,98 @@ def _padded(matrix: np.ndarray) -> np.ndarray:
     return np.pad(matrix, pad)
 
 
-def _uniform_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
+def _uniform_dense(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
     """Closed form on equally spaced knots, computed like the torch layer but in the
     centred coordinate: v = (x - t_0) / h - 1/2 clamped to [k, G + k] - 1/2 (the
     out-of-grid rule), interval m = round(v) in [k, G + k - 1], s = v - m.
     (At a knot v is a half-integer and either neighbouring interval gives the same
-    value: the spline is continuous.) Returns the zero-padded values (k+3, in, batch)
-    and the dense column of the first one (in, batch)."""
-    k, grid = layer.k, layer.grid_size
+    value: the spline is continuous.) Feature-major, with (input, batch) flattened
+    into one long axis. Returns dense ((G + k) * in, batch)."""
+    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
     knots32 = layer.knots.astype(np.float32)
     step = (knots32[:, grid + k] - knots32[:, k]) / np.float32(grid)
     centre_of_first = knots32[:, 0] + step / np.float32(2)
+    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
     v = g.op("Sub", [x, g.const(centre_of_first[:, None], "origin")])
     v = g.op("Div", [v, g.const(step[:, None], "step")], "v")
     v = g.op("Clip", [v, g.const(k - 0.5, "lo"), g.const(grid + k - 0.5, "hi")], "v")
     interval = g.op("Clip", [g.op("Round", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
     s = g.op("Sub", [v, interval], "s")
-    # padded values = M^T [s^1 .. s^k] + M[0]: one Gemm over all (input, row) pairs
+    # padded values (k+3, in * batch) = M^T [s^1 .. s^k] + M[0]: one Gemm
     matrix = _padded(centred(uniform_basis(k)))                            # (k+1 powers, k+3)
     powers = g.op("Reshape", [_powers(g, s, k), g.const([k, -1], "shape", np.int64)], "powers")
-    values = g.op("Gemm", [g.const(matrix[1:].T, "basis_matrix"), powers, g.const(matrix[:1].T, "basis_row0")],
-                  "values")
-    values = g.op("Reshape", [values, g.const([k + 3, layer.n_in, -1], "shape", np.int64)], "values")
-    first = g.op("Sub", [interval, g.const(float(k), "k")], "first")
-    return values, first
+    padded = g.op("Gemm", [g.const(matrix[1:].T, "basis_matrix"), powers, g.const(matrix[:1].T, "basis_row0")],
+                  "padded")
+    first = g.op("Cast", [g.op("Sub", [interval, g.const(float(k), "k")])], "first", to=TensorProto.INT32)
+    first = g.op("Reshape", [first, g.const([1, -1], "shape", np.int64)])
+    index = _band_index(g, first, k, grid + k, (-1, 1))                    # (G+k, in * batch)
+    dense = g.op("GatherElements", [padded, index], "dense", axis=0)
+    return g.op("Reshape", [dense, g.const([(grid + k) * n_in, -1], "shape", np.int64)], "dense")
 
 
-def _adaptive_basis_nodes(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
+def _adaptive_dense(g: GraphBuilder, x: str, layer: LayerArrays, feature_major: bool) -> str:
     """Any increasing knots: the interval m is the number of interior knots <= x
     (x clamped to the domain), s = (x - centre_m) / width_m, and the values are
-    Horner sums over the gathered coefficients of that interval's basis polynomials."""
+    Horner sums over the gathered coefficients of that interval's basis polynomials.
+
+    feature_major: work on (in, batch) and return dense ((G + k) * in, batch);
+    else work on (batch, in) and return dense (batch, (G + k) * in). The gathers
+    run along the batch in the first layout and along the inputs in the second."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
     knots = layer.knots
-    low, high = knots[:, k], knots[:, grid + k]
-    clamped = g.op("Max", [g.op("Min", [x, g.const(high[:, None], "high")]), g.const(low[:, None], "low")],
-                   "clamped")
-    interior = knots[:, k + 1:grid + k].T[:, :, None]                     # (G-1, in, 1)
-    if grid == 1:  # no interior knot: a knot at +inf is never reached
-        interior = np.full((1, n_in, 1), np.inf)
-    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped, 0), g.const(interior, "interior")])
-    interval = g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT64),
-                                  g.const([0], "axes", np.int64)], "m", keepdims=0)    # (in, batch)
+    # tables are laid out so that they broadcast against (in, batch) or (batch, in)
+    def per_input(table: np.ndarray) -> np.ndarray:   # (..., in) -> (..., in, 1) if feature-major
+        return table[..., None] if feature_major else table
 
-    left, right = knots[:, k:k + grid], knots[:, k + 1:k + grid + 1]
-    centre = g.op("GatherElements", [g.const((left + right) / 2, "centre"), interval], axis=1)
-    inv_width = g.op("GatherElements", [g.const(1.0 / (right - left), "inv_width"), interval], axis=1)
+    if feature_major:
+        x = g.op("Transpose", [x], "features", perm=[1, 0])
+    low, high = knots[:, k], knots[:, grid + k]
+    clamped = g.op("Max", [g.op("Min", [x, g.const(per_input(high), "high")]), g.const(per_input(low), "low")],
+                   "clamped")
+    interior = knots[:, k + 1:grid + k].T                                  # (G-1, in)
+    if grid == 1:  # no interior knot: a knot at +inf is never reached
+        interior = np.full((1, n_in), np.inf)
+    interior = per_input(interior) if feature_major else interior[:, None, :]
+    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped, 0), g.const(interior, "interior")])
+    interval = g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT32),
+                                  g.const([0], "axes", np.int64)], "m", keepdims=0)
+
+    left, right = knots[:, k:k + grid], knots[:, k + 1:k + grid + 1]      # (in, G)
+    interval_axis = 1 if feature_major else 0
+    def per_interval(table: np.ndarray) -> np.ndarray:  # (in, G) -> the layout's orientation
+        return table if feature_major else table.T
+
+    centre = g.op("GatherElements", [g.const(per_interval((left + right) / 2), "centre"), interval],
+                  axis=interval_axis)
+    inv_width = g.op("GatherElements", [g.const(per_interval(1.0 / (right - left)), "inv_width"), interval],
+                     axis=interval_axis)
     s = g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
-    # coefficients[p][r, i, m]: s^p coefficient of padded value r on interval m of input i
-    coefficients = np.moveaxis(_padded(centred(local_bases(knots, k))), (2, 3, 0, 1), (0, 1, 2, 3))
-    rows = g.op("Expand", [_unsqueeze(g, interval, 0), g.const([k + 3, 1, 1], "shape", np.int64)], "rows")
-    s_rows = _unsqueeze(g, s, 0)
+    # coefficients[p]: s^p coefficient of N_j on interval m of input i, as
+    # [j, i, m] (feature-major) or [m, j, i] (batch-major)
+    bases = centred(local_bases(knots, k))                                  # (in, G, p, j)
+    order = (2, 0, 1) if feature_major else (1, 2, 0)    # axes of bases[:, :, p] = (in, G, j)
+    row_axis = 0 if feature_major else 1
+    first = _unsqueeze(g, interval, row_axis)
+    repeat = [k + 1, 1, 1] if feature_major else [1, k + 1, 1]
+    rows = g.op("Expand", [first, g.const(repeat, "shape", np.int64)], "rows")
+    s_rows = _unsqueeze(g, s, row_axis)
     values = None
     for p in range(k, -1, -1):
-        coefficient = g.op("GatherElements", [g.const(coefficients[p], f"poly{p}"), rows], axis=2)
+        table = np.transpose(bases[:, :, p, :], order)
+        coefficient = g.op("GatherElements", [g.const(table, f"poly{p}"), rows], axis=2 if feature_major else 0)
         values = coefficient if values is None else g.op("Add", [g.op("Mul", [values, s_rows]), coefficient])
-    return values, interval
+    # zero rows around the k+1 values, added after the Horner sums so they cost one copy
+    pads = [1, 0, 0, 1, 0, 0] if feature_major else [0, 1, 0, 0, 1, 0]
+    padded = g.op("Pad", [values, g.const(pads, "pads", np.int64)], "padded")
+    if feature_major:  # flatten (input, batch): one long inner axis for the last gather
+        padded = g.op("Reshape", [padded, g.const([k + 3, -1], "shape", np.int64)])
+        first = g.op("Reshape", [first, g.const([1, -1], "shape", np.int64)])
+        index = _band_index(g, first, k, grid + k, (-1, 1))                # (G+k, in * batch)
+        dense = g.op("GatherElements", [padded, index], "dense", axis=0)
+        return g.op("Reshape", [dense, g.const([(grid + k) * n_in, -1], "shape", np.int64)], "dense")
+    index = _band_index(g, first, k, grid + k, (1, -1, 1))                 # (batch, G+k, in)
+    dense = g.op("GatherElements", [padded, index], "dense", axis=1)
+    return g.op("Reshape", [dense, g.const([-1, (grid + k) * n_in], "shape", np.int64)], "dense")
 
 
 def _powers(g: GraphBuilder, s: str, k: int) -> str:
