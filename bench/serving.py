@@ -1,4 +1,5 @@
-"""Serving benchmark: the real gateway under uvicorn, driven over loopback by `hey`.
+"""Serving benchmark: the real gateway under uvicorn, driven over loopback by
+bench/loadgen.py (an asyncio keep-alive client) in a separate process.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/serving.py --workers 1 --requests 2000
 
@@ -9,9 +10,10 @@ What it does:
 2. Starts `uvicorn --factory serving:bench_app` (the production app plus one no-op
    POST route that reads the body and answers a constant: the floor of the web stack;
    it is matched first, as the inference routes are) with the given number of workers, once per batching mode.
-3. Drives it from a separate process, `hey` (apt-get install hey), with 1, 16 and 64
-   concurrent keep-alive clients for a fixed number of requests per target, after a
-   warm-up, and reports p50/p99 latency, requests/s and rows/s.
+3. Drives it from a separate process (bench/loadgen.py) with 1, 16 and 64 concurrent
+   keep-alive clients for a fixed number of requests per target, after a warm-up, and
+   reports p50/p99 latency, requests/s, rows/s and the server's CPU time per request
+   (the one figure that other load on the machine hardly moves).
 4. Writes the table under "## Serving" in docs/benchmarks.md (--write).
 
 The server-side no-op route lives in this file; the app factory imports nothing
@@ -21,8 +23,6 @@ heavy, so uvicorn workers do not load torch.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import shutil
@@ -120,24 +120,31 @@ def start_server(url: str, workdir: Path, workers: int, port: int, batching: boo
     raise RuntimeError("uvicorn did not answer /healthz within 60 s")
 
 
-def hey(url: str, body: str, key: str, requests: int, clients: int) -> dict:
-    """One bounded run: `requests` POSTs from `clients` keep-alive connections."""
-    cmd = ["hey", "-n", str(requests), "-c", str(clients), "-m", "POST", "-T", "application/json",
-           "-H", f"Authorization: Bearer {key}", "-d", body, "-o", "csv", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
-    rows = list(csv.DictReader(io.StringIO(out)))
-    latencies = sorted(float(r["response-time"]) for r in rows)
-    statuses = {r["status-code"] for r in rows}
-    if statuses != {"200"}:
-        raise RuntimeError(f"non-200 answers from {url}: {statuses}")
-    # Wall time of the run: from the first request's start to the last one's end.
-    wall = max(float(r["offset"]) + float(r["response-time"]) for r in rows)
-    n = len(latencies)
-    return {"p50_ms": 1e3 * latencies[n // 2], "p99_ms": 1e3 * latencies[min(n - 1, int(n * 0.99))],
-            "req_s": n / wall}
+def load(url: str, body: str, key: str, requests: int, clients: int) -> dict:
+    """One bounded run of bench/loadgen.py, in its own process."""
+    cmd = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--url", url, "--body", body,
+           "--header", f"Authorization: Bearer {key}", "--requests", str(requests), "--clients", str(clients)]
+    result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout)
+    if set(result["statuses"]) != {"200"}:
+        raise RuntimeError(f"non-200 answers from {url}: {result['statuses']}")
+    return result
 
 
-def run_targets(port: int, key: str, requests: int, clients_list: list[int]) -> list[dict]:
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the uvicorn process and its worker processes (all threads):
+    unlike latencies, this barely moves when other programs load the machine."""
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    ticks = 0
+    for p in [pid, *map(int, children)]:
+        fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_targets(port: int, key: str, requests: int, clients_list: list[int], server_pid: int) -> list[dict]:
     base = f"http://127.0.0.1:{port}"
     targets = [
         ("no-op", f"{base}/bench/noop", {"inputs": [[0.5, -0.25]]}, 1),
@@ -148,29 +155,33 @@ def run_targets(port: int, key: str, requests: int, clients_list: list[int]) -> 
     results = []
     for name, url, payload, rows in targets:
         body = json.dumps(payload)
-        hey(url, body, key, min(200, requests), 4)  # warm-up: sessions loaded, connections open
+        load(url, body, key, min(200, requests), 4)  # warm-up: sessions loaded, connections open
         for clients in clients_list:
-            stats = hey(url, body, key, requests, clients)
+            cpu_before = server_cpu_seconds(server_pid)
+            stats = load(url, body, key, requests, clients)
+            stats["cpu_us"] = 1e6 * (server_cpu_seconds(server_pid) - cpu_before) / requests
             stats.update(target=name, clients=clients, rows_s=stats["req_s"] * rows)
             results.append(stats)
             print(f"{name:32s} c={clients:3d}  p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
-                  f"{stats['req_s']:8.0f} req/s  {stats['rows_s']:9.0f} rows/s", flush=True)
+                  f"{stats['req_s']:8.0f} req/s  {stats['rows_s']:9.0f} rows/s  {stats['cpu_us']:6.0f} us CPU/req",
+                  flush=True)
     return results
 
 
 def markdown(all_results: dict[str, list[dict]], command: str, workers: int) -> str:
     lines = [SECTION, "",
              f"Command: `{command}` (uvicorn with {workers} worker(s), uvloop + httptools, SQLite; "
-             "load from `hey` in a separate process on loopback; both share the machine's 2 cores). "
+             "load from bench/loadgen.py in a separate process on loopback; both share the machine's "
+             "2 cores, and so do other programs: the server CPU column is the steadiest figure). "
              "The no-op route is a POST in the same app that reads the body and answers a constant "
              "(same middlewares, no auth, no database).", ""]
     for mode, results in all_results.items():
         lines += [f"### Batching {mode}", "",
-                  "| target | clients | p50 ms | p99 ms | req/s | rows/s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| target | clients | p50 ms | p99 ms | req/s | rows/s | server CPU us/req |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in results:
             lines.append(f"| {r['target']} | {r['clients']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{r['req_s']:.0f} | {r['rows_s']:.0f} |")
+                         f"{r['req_s']:.0f} | {r['rows_s']:.0f} | {r['cpu_us']:.0f} |")
         noop = {r["clients"]: r for r in results if r["target"] == "no-op"}
         small = {r["clients"]: r for r in results if r["target"] == "[2,5,1] predict"}
         if 1 in noop and 1 in small:
@@ -206,8 +217,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18321)
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
-    if shutil.which("hey") is None:
-        sys.exit("the load generator `hey` is missing: apt-get install hey")
 
     workdir = Path(tempfile.mkdtemp(prefix="kanserve-bench-"))
     try:
@@ -218,7 +227,7 @@ def main() -> None:
             print(f"--- batching {mode}", flush=True)
             server = start_server(url, workdir, args.workers, args.port, mode == "on")
             try:
-                all_results[mode] = run_targets(args.port, key, args.requests, args.clients)
+                all_results[mode] = run_targets(args.port, key, args.requests, args.clients, server.pid)
             finally:
                 server.terminate()
                 server.wait(30)
