@@ -131,3 +131,19 @@ def test_rejects_bad_configuration(session):
         MicroBatcher(RecordingRunner(session), max_batch_rows=0)
     with pytest.raises(ValueError, match="max_delay_us"):
         MicroBatcher(RecordingRunner(session), max_delay_us=-1)
+
+
+def test_one_drain_task_even_when_callers_arrive_before_it_starts(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        batcher = MicroBatcher(runner, max_batch_rows=64, max_delay_us=50_000)
+        # All submitted in the same loop iteration: the first one's drain task has
+        # not started yet when the others arrive.
+        xs = [np.full((1, 3), i, np.float32) for i in range(5)]
+        return xs, await asyncio.gather(*(batcher.submit(x) for x in xs))
+
+    xs, results = asyncio.run(main())
+    assert runner.batch_rows == [5]
+    for x, (y,) in zip(xs, results):
+        np.testing.assert_allclose(y, expected(x), rtol=1e-6)

@@ -3,7 +3,8 @@
 How it adapts (the idea behind Triton's dynamic batcher and BentoML's adaptive
 batching, written for one asyncio event loop):
 - An idle model runs a request at once (plus at most `max_delay_us` of waiting, 0 by
-  default), so a lone client pays no batching delay.
+  default), so a lone client pays no batching delay (with no delay window it runs in
+  the caller's own task, without a queue).
 - While a batch runs in the executor, new requests queue up; when it returns, all
   queued requests (up to `max_batch_rows` rows) run as the next batch. The batch
   size therefore grows with the load by itself.
@@ -48,22 +49,46 @@ class MicroBatcher:
         self._on_batch = on_batch  # on_batch(n_requests, n_rows), e.g. a histogram
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._queued_rows = 0
-        self._drainer: asyncio.Task | None = None
+        self._drainer: asyncio.Task | None = None  # kept referenced while it runs
+        self._busy = False  # a call for this graph is in flight (or about to start)
         self._enough_rows: asyncio.Event | None = None
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """x: (rows, n_in) -> this request's (rows, ...) slice of every output."""
         loop = asyncio.get_running_loop()
+        if not self._busy and self.max_delay_s == 0:
+            return await self._run_alone(loop, x)
         future = loop.create_future()
         self._queue.append((x, future))
         self._queued_rows += x.shape[0]
-        if self._drainer is None or self._drainer.done():
+        if not self._busy:
+            self._busy = True  # before the task starts, so the next caller queues too
             self._drainer = loop.create_task(self._drain())
         elif self._enough_rows is not None and self._queued_rows >= self.max_batch_rows:
             self._enough_rows.set()
         return await future
 
+    async def _run_alone(self, loop, x: np.ndarray) -> list[np.ndarray]:
+        # An idle graph with no delay window: run in the caller's own task (no queue,
+        # no drain task); requests that arrive meanwhile queue up for the next batch.
+        self._busy = True
+        try:
+            if self._on_batch:
+                self._on_batch(1, x.shape[0])
+            return list(await loop.run_in_executor(self._executor, self._run_batch, x))
+        finally:
+            if self._queue:
+                self._drainer = loop.create_task(self._drain())  # stays busy
+            else:
+                self._busy = False
+
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            self._busy = False
+
+    async def _drain_queue(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue:
             if self.max_delay_s > 0 and self._queued_rows < self.max_batch_rows:
