@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.predict import bearer_token
 from service.api.v2_tensors import HEADER_LENGTH, V2Error, encode_infer_response, parse_infer_request
 from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized, list_versions
 from service.inference.onnx_predictor import OnnxPredictor, PredictorInputError
@@ -38,12 +39,6 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
-def _api_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
 def _version(text: str | None) -> int | None:
     if text is None or text == "":
         return None  # Triton: an empty version means the latest
@@ -52,12 +47,12 @@ def _version(text: str | None) -> int | None:
     return int(text)
 
 
-async def _resolve(request: Request, name: str, version: str | None,
-                   engine: str = "spline") -> tuple[ServedModel, OnnxPredictor] | Response:
+async def _resolve(request: Request, name: str,
+                   version: str | None) -> tuple[ServedModel, OnnxPredictor] | Response:
     runtime: InferenceRuntime = request.app.state.inference
     try:
         served, predictor, _ = await runtime.call(
-            runtime.resolve, _api_key(request), name, _version(version), engine)
+            runtime.resolve, bearer_token(request), name, _version(version), "spline")
     except V2Error as exc:
         return _error(str(exc), 400)
     except Unauthorized as exc:
@@ -98,7 +93,7 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         return resolved
     served, predictor = resolved
     runtime: InferenceRuntime = request.app.state.inference
-    versions = await runtime.call(_versions, runtime, _api_key(request), name)
+    versions = await runtime.call(_versions, runtime, bearer_token(request), name)
     n_out = len(served.output_names)
     return _json({
         "name": served.name,
@@ -153,7 +148,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
     try:
         n_rows = max((len(x) if x.ndim else 1) for x in parsed.inputs.values())
-        result = await runtime.infer(_api_key(request), name, version_number, engine, to_matrix, n_rows)
+        result = await runtime.infer(bearer_token(request), name, version_number, engine, to_matrix, n_rows)
     except Unauthorized as exc:
         return _error(str(exc), 401)
     except ModelNotFound as exc:
