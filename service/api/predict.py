@@ -72,11 +72,17 @@ def bearer_token(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+class TooManyRows(ValueError):
+    """More rows than KANSERVE_PREDICT_MAX_ROWS (answered 413)."""
+
+
 def _n_rows(inputs) -> int:
     return len(next(iter(inputs.values()), [])) if isinstance(inputs, dict) else len(inputs)
 
 
 def _to_matrix(inputs, max_rows: int):
+    """A converter (served, predictor) -> (rows, n_in) float32, run where the runtime
+    decides (on the loop for small requests, on the pool otherwise)."""
     def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
         n_rows = _n_rows(inputs)
         if n_rows == 0:
@@ -87,10 +93,6 @@ def _to_matrix(inputs, max_rows: int):
             return predictor.validate(columns_matrix(inputs, served.input_names))
         return predictor.validate(inputs)
     return convert
-
-
-class TooManyRows(ValueError):
-    pass
 
 
 def _response(result: Inference) -> Response:
