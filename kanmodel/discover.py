@@ -13,8 +13,9 @@ The recipe (every option below has this default; nothing is tuned per data set):
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
-   std(y) <= `exact_tolerance`), or when `time_budget` seconds are used; keep the
-   attempt with the lowest held-out formula error (ties: the earlier, simpler one).
+   std(y) <= `exact_tolerance`), or when the next attempt would not fit in
+   `time_budget` seconds (judged by the longest attempt so far); keep the attempt
+   with the lowest held-out formula error (ties: the earlier, simpler one).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import torch
 
 from kanmodel.model import KAN
 from kanmodel.pruning import DEFAULT_THRESHOLD, prune
-from kanmodel.symbolic.auto import auto_symbolic
+from kanmodel.symbolic.auto import auto_symbolic, make_symbols
 from kanmodel.symbolic.formula import Formula, r2_score, rmse
 from kanmodel.symbolic.spaces import Space
 from kanmodel.training import TrainingDiverged, fit
@@ -175,6 +176,7 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
         raise ValueError(f"discover: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
     opts = {**DEFAULTS, **options, "variables": variables}
     X, y = _check_inputs(X, y, task)
+    make_symbols(variables, X)  # bad names fail now, not after training
     started = time.monotonic()
     deadline = started + float(opts["time_budget"])
 
@@ -191,15 +193,17 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
     if not plan:
         raise ValueError(f"discover: no (width, space) to try with spaces={opts['spaces']}")
 
-    best, summaries = None, []
+    best, summaries, longest = None, [], 0.0
     for width, space_name in plan:
-        if best is not None and time.monotonic() > deadline:
+        # an attempt is only started when one as long as the longest so far still fits
+        if best is not None and time.monotonic() + longest > deadline:
             break
         try:
             attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline)
         except TrainingDiverged as error:
             summaries.append({"width": width, "space": space_name, "error": str(error)})
             continue
+        longest = max(longest, attempt["seconds"])
         attempt["score"] = _score(attempt, X_val, y_val, task)
         summaries.append({"width": attempt["width"], "trained_width": width, "space": space_name,
                           "score": attempt["score"], "seconds": round(attempt["seconds"], 2),

@@ -32,7 +32,9 @@ N_EDGE_POINTS = 201
 EXACT = 1e-9
 # Alternatives are searched only when the spline model itself is this accurate
 # (relative RMSE on the fit data): a poor model has no exact formula to find.
-ALTERNATIVES_WHEN_SPLINE_BELOW = 1e-2
+ALTERNATIVES_WHEN_SPLINE_BELOW = 2e-3
+# Seconds one output's alternative search may take at most.
+MAX_SEARCH_SECONDS = 40.0
 MAX_REFIT_ROWS = 2000
 
 
@@ -133,7 +135,8 @@ class _Search:
 
     def __init__(self, model, candidates, symbols, space, X, y, output, deadline):
         self.model, self.candidates, self.symbols, self.space = model, candidates, symbols, space
-        self.X, self.y, self.output, self.deadline = X, y, output, deadline
+        self.X, self.y, self.output = X, y, output
+        self.deadline = min(deadline, time.monotonic() + MAX_SEARCH_SECONDS)
         self.scale = float(np.std(y)) or 1.0
         spline = _spline_predictions(model, space, X)[:, output]
         self.spline_error = rmse(spline, y) / self.scale

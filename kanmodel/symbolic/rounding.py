@@ -24,8 +24,10 @@ RELATIVE_MATCH = 1e-6
 # Constants smaller than this (relative to the data's scale) are candidates for 0.
 TINY = 1e-7
 # sympy.simplify is tried only on expressions up to this many operations (it can take
-# minutes on big ones).
+# minutes on big ones), and only on formulas this accurate (relative RMSE): an
+# approximate formula has no hidden simple form worth seconds of algebra.
 MAX_SIMPLIFY_OPS = 60
+SIMPLIFY_BELOW_ERROR = 1e-6
 
 
 def nice_number(v: float, rel: float = RELATIVE_MATCH) -> sympy.Expr | None:
@@ -111,7 +113,8 @@ def tidy(expr: sympy.Expr, symbols, X: np.ndarray, y: np.ndarray, tolerance: flo
     if checker.ok(expanded):
         current = expanded
     current = round_constants(current, symbols, X, y, tolerance)
-    if sympy.count_ops(current) <= MAX_SIMPLIFY_OPS:
+    accurate = base_error <= SIMPLIFY_BELOW_ERROR * (float(np.std(y)) or 1.0)
+    if accurate and sympy.count_ops(current) <= MAX_SIMPLIFY_OPS:
         for rewrite in (sympy.simplify, lambda e: sympy.simplify(sympy.expand_trig(e))):
             try:
                 simpler = rewrite(current)
