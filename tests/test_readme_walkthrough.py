@@ -1,5 +1,7 @@
 """README.md: it starts with the two set-up commands, and its curl walkthrough runs
-unchanged against a live embedded service (`kanserve up`)."""
+unchanged against a live embedded service (`kanserve up`: SQLite and the serverless
+Celery transport), which makes it the embedded default's end-to-end test too: submit
+hellokan, follow its events, read the model, its formula, download its ONNX file."""
 from __future__ import annotations
 
 import re
@@ -43,7 +45,7 @@ def test_readme_walkthrough_runs_against_a_live_service(tmp_path):
         wait_until_ready(f"http://127.0.0.1:{port}", up, log)
         wait_for_log(log, r"ready\.", up, timeout=90)
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=240,
+                                text=True, timeout=420,
                                 env={**env, "KANSERVE_URL": f"http://127.0.0.1:{port}", "TMPDIR": str(tmp_path)})
         output = result.stdout + result.stderr
         assert result.returncode == 0, output + log.read_text()[-3000:]
@@ -54,6 +56,8 @@ def test_readme_walkthrough_runs_against_a_live_service(tmp_path):
     assert "succeeded /v1/models/hellokan/versions/1" in output
     val_rmse = float(re.search(r"version 1 val RMSE (\S+)", output).group(1))
     assert 0 < val_rmse < 0.5, output
+    formula = re.search(r"^y = (.+) R2 (\S+) RMSE (\S+)$", output, flags=re.M)
+    assert formula and "x0" in formula.group(1) and float(formula.group(2)) > 0.9, output
     assert re.search(r"^artifact onnx \d+ bytes /v1/models/hellokan/versions/1/artifacts/onnx$", output, flags=re.M)
     import onnx
 

@@ -183,3 +183,39 @@ def test_job_with_a_cuda_device_fails_clearly_on_a_cpu_worker(api):
     job_id = submit(api, {**SPEC, "device": "cuda"})
     assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
     assert "no CUDA device" in job_row(api, job_id).error
+
+
+def test_formula_search_past_its_time_budget_is_killed_and_the_model_still_registers(api):
+    spec = copy.deepcopy(SPEC)
+    spec["symbolic"] = {"enabled": True, "time_budget_seconds": 0.3}  # less than the child needs to start
+    job_id = submit(api, spec)
+    started = time.monotonic()
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded"
+    assert time.monotonic() - started < 30
+    version = api.client.get("/v1/models/hellokan/versions/1").json()
+    assert version["formulas"] == []
+    assert any("time budget of 0.3 s" in note for note in version["metrics"]["notes"]), version["metrics"]
+    assert "formula_onnx" not in {a["kind"] for a in version["artifacts"]}
+    assert any("time budget" in note for note in api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["notes"])
+
+
+def test_cancel_during_formula_search_ends_cancelled_without_a_model(api):
+    spec = copy.deepcopy(SPEC)
+    spec["symbolic"] = {"enabled": True, "time_budget_seconds": 120}
+    job_id = submit(api, spec)
+
+    def cancel_in_symbolic_phase():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if api.client.get(f"/v1/jobs/{job_id}").json()["progress"].get("phase") == "symbolic":
+                api.client.post(f"/v1/jobs/{job_id}/cancel")
+                return
+            time.sleep(0.02)
+
+    canceller = threading.Thread(target=cancel_in_symbolic_phase)
+    canceller.start()
+    started = time.monotonic()
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "cancelled"
+    canceller.join()
+    assert time.monotonic() - started < 30  # the formula search was killed, not waited for
+    assert count(api, ModelVersion) == 0

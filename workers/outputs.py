@@ -15,6 +15,8 @@ import torch
 
 import kanmodel
 from service.schemas.jobspec import JobSpec
+from workers.symbolic_runner import (ExtractedFormula, SymbolicRequest, SymbolicStopped, SymbolicUnavailable,
+                                     extract_in_subprocess)
 from workers.training_data import TrainingData
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class FormulaResult:
 @dataclass
 class Outputs:
     model: kanmodel.KAN
-    formulas: list = field(default_factory=list)  # kanmodel Formula objects
+    formulas: list[ExtractedFormula] = field(default_factory=list)  # one per output
     artifacts: list[ArtifactBlob] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -75,8 +77,9 @@ def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarr
 
 
 class OutputBuilder:
-    def __init__(self, spec: JobSpec, data: TrainingData, set_phase: Callable[[str], None]):
-        self.spec, self.data, self.set_phase = spec, data, set_phase
+    def __init__(self, spec: JobSpec, data: TrainingData, set_phase: Callable[[str], None],
+                 should_stop: Callable[[], bool]):
+        self.spec, self.data, self.set_phase, self.should_stop = spec, data, set_phase, should_stop
 
     def build(self, model: kanmodel.KAN) -> Outputs:
         """Prune and extract formulas (the slow, version-independent part)."""
@@ -86,7 +89,7 @@ class OutputBuilder:
             self._step(outputs, "prune", lambda: self._prune(outputs))
         if spec.symbolic.enabled and spec.task == "regression":
             self.set_phase("symbolic")
-            self._step(outputs, "symbolic extraction", lambda: self._symbolic(outputs))
+            self._symbolic(outputs)
         elif spec.symbolic.enabled:
             outputs.notes.append("symbolic extraction skipped: it is implemented for regression only")
         return outputs
@@ -119,19 +122,19 @@ class OutputBuilder:
         outputs.model = prune(outputs.model, self.data.X, threshold=self.spec.symbolic.prune_threshold)
 
     def _symbolic(self, outputs: Outputs) -> None:
-        auto_symbolic = getattr(kanmodel, "auto_symbolic", None) or _optional("kanmodel.symbolic", "auto_symbolic")
-        if auto_symbolic is None:
-            outputs.notes.append("symbolic extraction is not available in this build of kanmodel")
-            return
         data, train = self.data, self.spec.train
         fit_rows, val_rows = held_out_rows(len(data.X), train.val_fraction, train.seed)
         if len(val_rows) == 0:
             val_rows = fit_rows
             outputs.notes.append("formula R2/RMSE are measured on the training rows (val_fraction is 0)")
-        outputs.formulas = list(auto_symbolic(
-            outputs.model, data.X[fit_rows], data.y[fit_rows], library=self.spec.symbolic.library,
-            variables=data.input_names, X_val=data.X[val_rows], y_val=data.y[val_rows],
-            time_budget=self.spec.symbolic.time_budget_seconds))
+        request = SymbolicRequest(
+            model_blob=kanmodel.to_bytes(outputs.model), X_fit=data.X[fit_rows], y_fit=data.y[fit_rows],
+            X_val=data.X[val_rows], y_val=data.y[val_rows], library=self.spec.symbolic.library,
+            variables=data.input_names, time_budget=self.spec.symbolic.time_budget_seconds)
+        try:
+            outputs.formulas = extract_in_subprocess(request, self.should_stop)
+        except (SymbolicUnavailable, SymbolicStopped) as exc:
+            outputs.notes.append(str(exc))
 
     def _export(self, outputs: Outputs, version: int) -> None:
         to_onnx = _optional("kanmodel.export", "to_onnx")
@@ -146,7 +149,8 @@ class OutputBuilder:
         if outputs.formulas and formula_to_onnx is not None:
             outputs.artifacts.append(ArtifactBlob(
                 "formula_onnx", f"{self.spec.name}-v{version}-formula.onnx", "application/octet-stream",
-                formula_to_onnx(outputs.formulas, variables=self.data.input_names, task=self.spec.task, **names)))
+                formula_to_onnx([f.expr for f in outputs.formulas], variables=self.data.input_names,
+                                task=self.spec.task, **names)))
 
     def _plots(self, outputs: Outputs, history: list[dict]) -> None:
         plot_network = _optional("kanmodel.plots", "plot_network")

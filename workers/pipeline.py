@@ -148,6 +148,15 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
             lamb=train.lamb, lamb_l1=train.lamb_l1, lamb_entropy=train.lamb_entropy,
             val_fraction=train.val_fraction, patience=train.patience, seed=train.seed,
             callback=reporter.on_step, on_stage_end=on_stage_end, start_stage=start_stage)
+    stopped = _honour_stop(claim, session_factory, settings, monitor, reporter)
+    if stopped:
+        return stopped
+    return _register(claim, owner, spec, data, model.cpu(), result, session_factory, settings, reporter)
+
+
+def _honour_stop(claim: Claim, session_factory, settings: Settings, monitor: JobMonitor,
+                 reporter: ProgressReporter) -> str | None:
+    """Ends the job if the monitor asked it to stop; returns the status it ended with."""
     if monitor.stop_reason == "lease_lost":
         raise LeaseLost(claim.job_id)
     if monitor.stop_reason == "cancelled":
@@ -155,13 +164,18 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
         return "cancelled"
     if monitor.stop_reason is not None:
         raise JobFailed(STOP_MESSAGES[monitor.stop_reason].format(max_seconds=settings.max_job_seconds))
-    return _register(claim, owner, spec, data, model.cpu(), result, session_factory, reporter)
+    return None
 
 
 def _register(claim: Claim, owner: str, spec: JobSpec, data: TrainingData, model: kanmodel.KAN, result,
-              session_factory, reporter: ProgressReporter) -> str:
-    builder = OutputBuilder(spec, data, lambda phase: reporter.set_phase(phase))
+              session_factory, settings: Settings, reporter: ProgressReporter) -> str:
+    builder = OutputBuilder(spec, data, lambda phase: reporter.set_phase(phase),
+                            should_stop=lambda: reporter.monitor.should_stop)
     outputs = builder.build(model)
+    # A cancel or the time limit during formula search ends the job here, not with a model.
+    stopped = _honour_stop(claim, session_factory, settings, reporter.monitor, reporter)
+    if stopped:
+        return stopped
     history = reporter.history
     final = history[-1] if history else {}
     metrics = {

@@ -165,8 +165,9 @@ class SymbolicSpec(StrictModel):
     prune: bool = False
     prune_threshold: FiniteFloat = Field(0.01, ge=0)
     library: list[str] | None = Field(None, max_length=50, examples=[["x", "x^2", "sin", "exp"]])
-    time_budget_seconds: FiniteFloat = Field(60.0, gt=0, le=3600,
-                                             description="Time for trying alternative formulas per job.")
+    time_budget_seconds: FiniteFloat = Field(
+        120.0, gt=0, le=3600,
+        description="Seconds formula extraction may take; past it the model is registered without a formula.")
 
 
 class ExportSpec(StrictModel):

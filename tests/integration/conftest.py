@@ -1,6 +1,6 @@
-"""Real processes for the integration tests: the production shape (PostgreSQL + Redis +
-`kanserve api` + `kanserve worker`) and the embedded default (`kanserve up`: SQLite and a
-serverless Celery transport). Nothing is mocked; every piece is a separate process."""
+"""Real processes for the integration tests in the production shape: PostgreSQL (a
+scratch database) + Redis (a scratch db number) + `kanserve api` + `kanserve worker`.
+Nothing is mocked; every piece is a separate process."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +21,7 @@ from kanserve_harness import (free_port, kanserve, kanserve_output, process_env,
 
 FAST_WORKER_SETTINGS = {
     # Short leases and sweeps so a killed worker's job is picked up within seconds.
-    "KANSERVE_JOB_LEASE_SECONDS": "3",
+    "KANSERVE_JOB_LEASE_SECONDS": "6",
     "KANSERVE_REAPER_INTERVAL_SECONDS": "1",
     "KANSERVE_PROGRESS_INTERVAL_SECONDS": "0.2",
     "KANSERVE_CANCEL_POLL_SECONDS": "0.1",
@@ -79,25 +79,6 @@ def production_stack(tmp_path_factory):
             yield stack
         finally:
             stack.close()
-
-
-@pytest.fixture(scope="module")
-def embedded_stack(tmp_path_factory):
-    """`kanserve up` with no configuration but a data directory and a port."""
-    data_dir = tmp_path_factory.mktemp("embedded")
-    port = free_port()
-    env = process_env({"KANSERVE_DATA_DIR": str(data_dir), **FAST_WORKER_SETTINGS})
-    log = data_dir / "up.log"
-    up = kanserve("up", "--port", str(port), env=env, log=log)
-    try:
-        key = wait_for_log(log, r"Created an API key.*\n\s*\n\s*(ks_\S+)", up).group(1)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_ready(base_url, up, log)
-        wait_for_log(log, r"ready\.", up, timeout=90)  # the worker child
-        stack = Stack("embedded", base_url, key, env, data_dir, {"up": up})
-        yield stack
-    finally:
-        stop(up)
 
 
 def log_text(stack: Stack) -> str:

@@ -1,10 +1,12 @@
-"""Training jobs end to end over HTTP against real processes: the production shape
-(PostgreSQL + Redis + gateway + Celery worker) and the embedded default (`kanserve up`).
-Includes SIGKILL of a worker mid-job, cancel, Idempotency-Key and a diverging job."""
+"""Training jobs end to end over HTTP against real processes in the production shape
+(PostgreSQL + Redis + gateway + Celery worker): hellokan with its formula, SIGKILL of a
+worker mid-job, cancel, Idempotency-Key and a diverging job. The same flow on the
+embedded default (`kanserve up`) is tests/test_readme_walkthrough.py."""
 from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import time
 
 import pytest
@@ -22,18 +24,14 @@ LONG_SPEC["symbolic"] = {"enabled": False}
 LONG_SPEC["export"] = {"onnx": True, "plots": False}
 
 
-@pytest.fixture(params=["production", "embedded"])
-def stack(request):
-    return request.getfixturevalue(f"{request.param}_stack")
-
-
-def test_hellokan_job_events_model_formula_and_artifacts(stack):
+def test_hellokan_job_events_model_formula_and_artifacts(production_stack):
+    stack = production_stack
     with stack.client() as client:
         submitted = client.post("/v1/jobs", json=HELLOKAN_SPEC)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
 
-        events = follow_events(client, job_id)
+        events = follow_events(client, job_id, timeout=300)
         names = [name for name, _ in events]
         assert names[-1] == "end" and names.count("end") == 1, log_text(stack)
         final = events[-1][1]
@@ -46,15 +44,19 @@ def test_hellokan_job_events_model_formula_and_artifacts(stack):
         version = client.get(job["model"]["url"]).json()
         assert version["input_names"] == ["x0", "x1"] and version["output_names"] == ["y"]
         assert 0 < version["metrics"]["val_loss"] < 1.0  # RMSE on targets in [e^-1, e^2]
-        if not any("symbolic extraction is not available" in note for note in version["metrics"]["notes"]):
-            formula = version["formulas"][0]
-            assert formula["expression"] and formula["latex"] and formula["rmse"] is not None
+        assert version["metrics"]["notes"] == []
+        [formula] = version["formulas"]
+        assert formula["output_name"] == "y" and {"x0", "x1"} <= set(re.findall(r"x\d", formula["expression"]))
+        assert formula["latex"] and formula["r2"] > 0.9 and formula["rmse"] > 0
         artifacts = {artifact["kind"]: artifact for artifact in version["artifacts"]}
-        assert {"checkpoint", "onnx"} <= set(artifacts)
+        assert set(artifacts) == {"checkpoint", "onnx", "formula_onnx", "plot_network", "plot_loss"}
+        assert client.get(artifacts["plot_loss"]["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"
         for artifact in artifacts.values():
             body = client.get(artifact["url"])
             assert body.status_code == 200 and hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
         assert client.get("/v1/models").json()["items"][0]["name"] == "hellokan"
+    # The worker sized torch's thread pool from its settings (1 core, concurrency 1), without spinning.
+    assert "torch threads: 1 (OMP_WAIT_POLICY=PASSIVE)" in (stack.logs / "worker-1.log").read_text()
 
 
 def test_worker_killed_mid_job_resumes_from_checkpoint_without_a_second_version(production_stack):
@@ -71,7 +73,9 @@ def test_worker_killed_mid_job_resumes_from_checkpoint_without_a_second_version(
         stack.start_worker()
         job = wait_for_job(client, job_id, ("succeeded", "failed", "cancelled"), timeout=180)
         assert job["status"] == "succeeded", (job, log_text(stack))
-        assert job["deliveries"] == 2
+        # 2: the killed attempt and the resumed one (one more if a starved machine let the
+        # short test lease lapse: the take-over then resumes from a checkpoint too).
+        assert job["deliveries"] >= 2
         assert 1 <= job["progress"]["resumed_from_stage"] <= killed_at_stage + 1
         model = client.get("/v1/models/crashy").json()
         assert [v["version"] for v in model["versions"]] == [1] and model["versions"][0]["job_id"] == job_id
