@@ -4,7 +4,7 @@ A knot vector ``t`` of length ``G + 2k + 1`` (G intervals plus k extra knots on 
 side) defines ``G + k`` basis functions ``B_0 .. B_{G+k-1}``. On the knot interval
 ``[t_m, t_{m+1})`` with ``k <= m < G + k`` exactly ``k + 1`` of them are non-zero:
 ``B_{m-k} .. B_m``. This module returns those k + 1 values and the index ``m - k`` of
-the first one, instead of the full ``(batch, in, G + k)`` table that the Cox-de Boor
+the first one, instead of the full ``(batch, G + k, in)`` table that the Cox-de Boor
 recursion builds.
 
 Two evaluation paths give the same numbers:
@@ -25,11 +25,12 @@ import torch
 
 
 class LocalBasis(NamedTuple):
-    """The non-zero part of the basis at each input.
+    """The non-zero part of the basis at each input, basis index first (so every
+    elementwise step runs over one contiguous (batch, in) plane).
 
-    values: (batch, in, k + 1)  B_{first + r}(x) for r = 0..k
+    values: (k + 1, batch, in)  B_{first + r}(x) for r = 0..k
     first: (batch, in) int64     index of the first non-zero basis function
-    derivatives: (batch, in, k + 1) or None   d/dx of ``values``
+    derivatives: (k + 1, batch, in) or None   d/dx of ``values``
     """
 
     values: torch.Tensor
@@ -63,23 +64,53 @@ def uniform_basis_matrix(k: int) -> np.ndarray:
     return matrix
 
 
+def _horner(coefficients: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sum_p coefficients[p] * u^p: coefficients (P, columns), u (batch, in)
+    -> (columns, batch, in)."""
+    columns = coefficients.reshape(*coefficients.shape, 1, 1)
+    if len(coefficients) == 1:
+        return columns[0].expand(-1, *u.shape).clone()
+    result = torch.addcmul(columns[-2], columns[-1], u)
+    for row in range(len(coefficients) - 3, -1, -1):
+        result = torch.addcmul(columns[row], result, u)
+    return result
+
+
+def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative: bool):
+    """Basis on unit-spaced knots 0, 1, .., G + 2k at knot coordinates t (batch, in),
+    already clamped into [k, G + k].
+
+    Returns (values (k + 1, batch, in), interval m (batch, in) float, d values / dt or None);
+    the non-zero functions are B_{m-k} .. B_m.
+    """
+    interval = torch.floor(t).clamp_(max=grid_size + k - 1)
+    u = t - interval
+    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=t.dtype, device=t.device)
+    values = _horner(matrix, u)
+    derivatives = None
+    if with_derivative:
+        # d/du sum_p M[p] u^p = sum_p (p + 1) M[p + 1] u^p
+        ramp = torch.arange(1, k + 1, dtype=t.dtype, device=t.device).unsqueeze(1)
+        derivatives = _horner(matrix[1:] * ramp, u)
+    return values, interval, derivatives
+
+
+def uniform_coordinates(knots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset, scale) per input with t = offset + scale * x the knot coordinate of x on
+    equally spaced knots (t = k at the domain start, G + k at its end)."""
+    grid_size = knots.shape[1] - 2 * k - 1
+    scale = grid_size / (knots[:, grid_size + k] - knots[:, k])
+    return k - knots[:, k] * scale, scale
+
+
 def _uniform_local_basis(x: torch.Tensor, knots: torch.Tensor, k: int,
                          with_derivative: bool) -> LocalBasis:
     grid_size = knots.shape[1] - 2 * k - 1
-    origin = knots[:, 0]
-    step = (knots[:, grid_size + k] - knots[:, k]) / grid_size
-    t = (x - origin) / step
-    interval = torch.floor(t).clamp_(k, grid_size + k - 1)
-    u = t - interval
-    exponents = torch.arange(k + 1, dtype=x.dtype, device=x.device)
-    powers = u.unsqueeze(-1) ** exponents
-    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=x.dtype, device=x.device)
-    values = powers @ matrix
-    derivatives = None
-    if with_derivative:
-        # d/du of u^p is p u^(p-1); du/dx = 1/step.
-        dpowers = powers[..., :-1] * exponents[1:]
-        derivatives = (dpowers @ matrix[1:]) / step.unsqueeze(-1)
+    offset, scale = uniform_coordinates(knots, k)
+    t = torch.addcmul(offset, x, scale).clamp_(k, grid_size + k)
+    values, interval, derivatives = uniform_unit_basis(t, k, grid_size, with_derivative)
+    if derivatives is not None:
+        derivatives = derivatives * scale
     return LocalBasis(values, interval.long() - k, derivatives)
 
 
@@ -91,42 +122,37 @@ def _general_local_basis(x: torch.Tensor, knots: torch.Tensor, k: int,
     inner = knots[:, k: grid_size + k + 1].contiguous()
     interval = torch.searchsorted(inner, x.t().contiguous(), right=True).t() - 1
     interval = interval.clamp_(0, grid_size - 1) + k
-    # T[o] = t_{m+o} for o = -k+1 .. k, gathered from the flattened knot table.
-    offsets = torch.arange(-k + 1, k + 1, device=x.device)
+    # T[o] = t_{m+o} for o = -k+1 .. k, gathered from the flattened knot table: (2k, batch, in).
+    offsets = torch.arange(-k + 1, k + 1, device=x.device).view(-1, 1, 1)
     row_start = torch.arange(n_in, device=x.device) * n_knots
-    index = (interval + row_start).unsqueeze(-1) + offsets
-    local_knots = knots.reshape(-1)[index]
-    xs = x.unsqueeze(-1)
+    local_knots = knots.reshape(-1)[interval + row_start + offsets]
+    xs = x.unsqueeze(0)
 
     def knot(o_start: int, o_stop: int) -> torch.Tensor:
         # T[o_start .. o_stop] inclusive
-        return local_knots[..., o_start + k - 1: o_stop + k]
+        return local_knots[o_start + k - 1: o_stop + k]
 
     values = torch.ones_like(xs)
     lower_degree = values
+    zero = torch.zeros_like(xs)
     for j in range(1, k + 1):
         if j == k:
             lower_degree = values
         right = knot(1, j) - xs
         left = xs - knot(1 - j, 0)
         temp = values / (right + left)
-        zero = torch.zeros_like(xs)
-        values = torch.cat([right * temp, zero], -1) + torch.cat([zero, left * temp], -1)
+        values = torch.cat([right * temp, zero]) + torch.cat([zero, left * temp])
     derivatives = None
     if with_derivative:
-        if k == 0:
-            derivatives = torch.zeros_like(values)
-        else:
-            # B'_{s,k} = k * (B_{s,k-1} / (t_{s+k} - t_s) - B_{s+1,k-1} / (t_{s+k+1} - t_{s+1}))
-            scaled = k * lower_degree / (knot(1, k) - knot(1 - k, 0))
-            zero = torch.zeros_like(xs)
-            derivatives = torch.cat([zero, scaled], -1) - torch.cat([scaled, zero], -1)
+        # B'_{s,k} = k * (B_{s,k-1} / (t_{s+k} - t_s) - B_{s+1,k-1} / (t_{s+k+1} - t_{s+1}))
+        scaled = k * lower_degree / (knot(1, k) - knot(1 - k, 0))
+        derivatives = torch.cat([zero, scaled]) - torch.cat([scaled, zero])
     return LocalBasis(values, interval - k, derivatives)
 
 
 def local_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool,
                 with_derivative: bool = False) -> LocalBasis:
-    """Non-zero B-spline values at ``x``.
+    """Non-zero B-spline values at ``x`` (layout: see LocalBasis).
 
     x: (batch, in), already clamped into each input's domain.
     knots: (in, G + 2k + 1), increasing per row; ``uniform`` says they are equally spaced.
@@ -136,13 +162,18 @@ def local_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool,
     return _general_local_basis(x, knots, k, with_derivative)
 
 
+def basis_rows(first: torch.Tensor, k: int) -> torch.Tensor:
+    """(batch, in) first indices -> (k + 1, batch, in) indices of the non-zero functions."""
+    return first + torch.arange(k + 1, device=first.device).view(-1, 1, 1)
+
+
 def dense_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool) -> torch.Tensor:
-    """The full basis table (batch, in, G + k), zeros outside the k + 1 non-zero entries."""
+    """The full basis table (batch, G + k, in), zeros outside the k + 1 non-zero entries."""
     basis = local_basis(x, knots, k, uniform)
     n_basis = knots.shape[1] - k - 1
-    dense = x.new_zeros(*x.shape, n_basis)
-    columns = basis.first.unsqueeze(-1) + torch.arange(k + 1, device=x.device)
-    return dense.scatter_(-1, columns, basis.values)
+    dense = x.new_zeros(x.shape[0], n_basis, x.shape[1])
+    rows = basis_rows(basis.first, k)
+    return dense.scatter_(1, rows.transpose(0, 1), basis.values.transpose(0, 1))
 
 
 def clamp_to_domain(x: torch.Tensor, knots: torch.Tensor, k: int) -> torch.Tensor:

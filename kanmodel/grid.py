@@ -98,7 +98,7 @@ def fit_coefficients(x: torch.Tensor, targets: torch.Tensor, knots: torch.Tensor
     the data so the fit stays scale-free.
     """
     basis = dense_basis(x.to(torch.float64), knots.to(torch.float64), k, uniform)
-    a = basis.permute(1, 0, 2)                           # (in, batch, n_basis)
+    a = basis.permute(2, 0, 1)                           # (in, batch, n_basis)
     y = targets.to(torch.float64).permute(2, 0, 1)       # (in, batch, out)
     n_basis = a.shape[-1]
     normal = a.transpose(1, 2) @ a                       # (in, n_basis, n_basis)

@@ -67,9 +67,10 @@ class KANLayer(nn.Module):
         return self.knots.shape[1] - 2 * self.k - 1
 
     def folded_weight(self) -> torch.Tensor:
-        """(in * (G + k), out): coef scaled by spline_weight and mask, as the matmul wants it."""
+        """(out, in * (G + k)): coef scaled by spline_weight and mask, column
+        i * (G + k) + j for basis function j of input i (the spline op's layout)."""
         scale = (self.spline_weight * self.mask).unsqueeze(-1)
-        return (self.coef * scale).reshape(self.out_features, -1).t()
+        return (self.coef * scale).reshape(self.out_features, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out)."""
@@ -80,7 +81,7 @@ class KANLayer(nn.Module):
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out, in): sum_b coef[j, i, b] B_b(clamp(x_i)), no weights."""
         basis = dense_basis(clamp_to_domain(x, self.knots, self.k), self.knots, self.k, self.uniform)
-        return torch.einsum("bin,oin->boi", basis, self.coef)
+        return torch.einsum("bni,oin->boi", basis, self.coef)
 
     def edge_activations(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out, in): the phi[j, i](x_i) values."""

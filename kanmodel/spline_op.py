@@ -2,22 +2,45 @@
 
 Forward: evaluate the k + 1 non-zero basis values per input, scatter them into the
 dense basis matrix (batch, in * (G + k)) and multiply once by the folded weights
-(in * (G + k), out). Backward: the weight gradient is ``dense^T @ grad_out``; the
+(out, in * (G + k)). The basis values are computed as (k + 1, batch, in) planes so
+every elementwise step runs over contiguous memory. Backward: the weight gradient is ``dense^T @ grad_out``; the
 input gradient needs only the k + 1 basis derivatives gathered against
-``grad_out @ weight^T``, so no Cox-de Boor table and no per-step autograd graph of
-the basis is ever kept.
+``grad_out @ weight^T``, so no Cox-de Boor table and no autograd graph of the basis
+is ever kept.
 """
 from __future__ import annotations
 
 import torch
 
-from kanmodel.basis import local_basis
+from kanmodel.basis import basis_rows, local_basis, uniform_coordinates, uniform_unit_basis
+
+
+def _uniform_basis(x, knots, k, grid_size, with_derivative):
+    """-> (values, first index, d values / d knot coordinate, d coordinate / dx masked
+    to zero outside the domain)."""
+    offset, scale = uniform_coordinates(knots, k)
+    t = torch.addcmul(offset, x, scale)
+    clamped = t.clamp(k, grid_size + k)
+    values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
+    chain = (clamped == t) * scale if with_derivative else None
+    return values, interval.long() - k, derivatives, chain
+
+
+def _general_basis(x, knots, k, grid_size, with_derivative):
+    low, high = knots[:, k], knots[:, grid_size + k]
+    basis = local_basis(torch.clamp(x, low, high), knots, k, uniform=False,
+                        with_derivative=with_derivative)
+    chain = ((x >= low) & (x <= high)).to(x.dtype) if with_derivative else None
+    return basis.values, basis.first, basis.derivatives, chain
 
 
 class SplineMatmul(torch.autograd.Function):
     """spline(x) = dense_basis(clamp(x)) @ weight.
 
-    x: (batch, in); knots: (in, G + 2k + 1); weight: (in * (G + k), out).
+    x: (batch, in); knots: (in, G + 2k + 1); weight: (out, in * (G + k)), column
+    i * (G + k) + j for basis function j of input i. (This orientation, and grad_out^T @ dense rather
+    than dense^T @ grad_out, keeps every matmul on the fast BLAS path: the other
+    orientations measured 5-9x slower for thin outputs.)
     Inputs outside [t_k, t_{G+k}] are clamped, so their gradient is zero there
     (on the boundary itself the inside derivative is used).
     """
@@ -28,31 +51,28 @@ class SplineMatmul(torch.autograd.Function):
         batch, n_in = x.shape
         grid_size = knots.shape[1] - 2 * k - 1
         n_basis = grid_size + k
-        low, high = knots[:, k], knots[:, grid_size + k]
-        clamped = torch.clamp(x, low, high)
-        basis = local_basis(clamped, knots, k, uniform, with_derivative=ctx.needs_input_grad[0])
-        columns = basis.first.unsqueeze(-1) + torch.arange(k + 1, device=x.device)
-        dense = x.new_zeros(batch, n_in, n_basis).scatter_(-1, columns, basis.values)
+        need_x_grad = ctx.needs_input_grad[0]
+        evaluate = _uniform_basis if uniform else _general_basis
+        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad)
+        # (k + 1, batch, in) planes, seen as (batch, in, k + 1) by scatter and gather.
+        rows = basis_rows(first, k).permute(1, 2, 0)
+        dense = x.new_zeros(batch, n_in, n_basis).scatter_(2, rows, values.permute(1, 2, 0))
+        if derivatives is not None:
+            derivatives = derivatives.permute(1, 2, 0)
         dense = dense.view(batch, n_in * n_basis)
-        out = dense @ weight
-        derivatives = None
-        if ctx.needs_input_grad[0]:
-            inside = (x >= low) & (x <= high)
-            derivatives = basis.derivatives * inside.unsqueeze(-1)
-        ctx.save_for_backward(dense, columns, derivatives, weight)
+        ctx.save_for_backward(dense, rows, derivatives, chain, weight)
         ctx.shape = (batch, n_in, n_basis)
-        return out
+        return dense @ weight.t()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        dense, columns, derivatives, weight = ctx.saved_tensors
-        batch, n_in, n_basis = ctx.shape
+        dense, rows, derivatives, chain, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_dense = (grad_out @ weight.t()).view(batch, n_in, n_basis)
-            grad_x = (grad_dense.gather(-1, columns) * derivatives).sum(-1)
+            grad_dense = (grad_out @ weight).view(ctx.shape)
+            grad_x = (grad_dense.gather(2, rows) * derivatives).sum(2) * chain
         if ctx.needs_input_grad[2]:
-            grad_weight = dense.t() @ grad_out
+            grad_weight = grad_out.t() @ dense
         return grad_x, None, grad_weight, None, None
 
 

@@ -45,7 +45,7 @@ def test_basis_matches_scipy(k):
         ours = dense_basis(x, knots, k, uniform)
         for i in range(knots.shape[0]):
             reference = scipy_basis(knots[i].numpy(), k, x[:, i].numpy())
-            np.testing.assert_allclose(ours[:, i].numpy(), reference, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(ours[:, :, i].numpy(), reference, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
@@ -57,7 +57,7 @@ def test_basis_derivative_matches_scipy(k):
             reference = scipy_basis(knots[i].numpy(), k, x[:, i].numpy(), nu=1)
             picked = np.take_along_axis(reference, basis.first[:, i, None].numpy() + np.arange(k + 1), 1)
             scale = np.abs(reference).max()
-            np.testing.assert_allclose(basis.derivatives[:, i].numpy() / scale, picked / scale,
+            np.testing.assert_allclose(basis.derivatives[:, :, i].t().numpy() / scale, picked / scale,
                                        atol=1e-6, err_msg=name)
 
 
@@ -65,7 +65,7 @@ def test_basis_derivative_matches_scipy(k):
 def test_partition_of_unity_inside_grid(k):
     for _, knots, uniform in knot_sets(k):
         x = inside_points(knots, k)
-        total = dense_basis(x, knots, k, uniform).sum(-1)
+        total = dense_basis(x, knots, k, uniform).sum(1)
         torch.testing.assert_close(total, torch.ones_like(total), atol=1e-12, rtol=0)
 
 
@@ -73,7 +73,7 @@ def test_only_k_plus_one_values_are_non_zero():
     k = 3
     knots = uniform_knots(1, 10, k, -1.0, 1.0, dtype=torch.float64)
     x = torch.rand(100, 1, dtype=torch.float64) * 2 - 1
-    assert ((dense_basis(x, knots, k, True) > 0).sum(-1) <= k + 1).all()
+    assert ((dense_basis(x, knots, k, True) > 0).sum(1) <= k + 1).all()
 
 
 def test_uniform_basis_matrix_is_the_cubic_bspline():

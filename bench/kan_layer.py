@@ -1,0 +1,360 @@
+"""Speed of the kanmodel KAN against a full-basis reference, PyKAN, an MLP and the floor.
+
+Usage (from the repository root):
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py --write-docs
+
+Implementations, each timed forward (no_grad) and forward+backward (sum of outputs):
+- kanmodel: the KAN layers of kanmodel (k + 1 local basis values, custom autograd op);
+- full-basis: a reference that builds the whole (batch, in, G + k) Cox-de Boor table
+  and does one matmul (the efficient-KAN approach), written here;
+- pykan: PyKAN 0.2.8 after model.speed(), in the benchmark venv .bench-venv
+  (bench/pykan_worker.py, driven over a pipe so its timings interleave with ours);
+- mlp: an MLP of (about) the same parameter count;
+- floor: the dense (batch, in (G + k)) x (in (G + k), out) matmul plus the base matmul
+  per layer on precomputed inputs, i.e. what no B-spline KAN avoids.
+Timings: median over rounds of per-call means of ~30 ms blocks; the implementations are
+interleaved in rotating order inside each round, with 2 threads and then 1 thread.
+Peak memory: tensors allocated during one forward+backward (torch profiler records).
+--hellokan also times fitting exp(sin(pi x) + y^2) to test RMSE 1e-3 against PyKAN.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import forward_backward_call, forward_call, peak_memory, time_block  # noqa: E402
+
+import kanmodel  # noqa: E402
+from kanmodel.grid import uniform_knots  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_PYTHON = os.path.join(ROOT, ".bench-venv", "bin", "python")
+DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
+K = 3
+SHAPES = [([2, 5, 1], 1000, 5), ([6, 8, 4, 1], 4096, 10), ([14, 64, 32, 2], 512, 5), ([784, 64, 10], 256, 5)]
+MODES = ("forward", "forward_backward")
+
+
+def cox_de_boor(x: torch.Tensor, knots: torch.Tensor, k: int) -> torch.Tensor:
+    """Full basis table (batch, in, G + k) by the Cox-de Boor recursion."""
+    x = x.unsqueeze(-1)
+    basis = ((x >= knots[:, :-1]) & (x < knots[:, 1:])).to(x.dtype)
+    for p in range(1, k + 1):
+        left = (x - knots[:, : -(p + 1)]) / (knots[:, p:-1] - knots[:, : -(p + 1)]) * basis[..., :-1]
+        right = (knots[:, p + 1:] - x) / (knots[:, p + 1:] - knots[:, 1:-p]) * basis[..., 1:]
+        basis = left + right
+    return basis
+
+
+class FullBasisLayer(nn.Module):
+    """Reference layer: full Cox-de Boor table, then one matmul (efficient-KAN style)."""
+
+    def __init__(self, layer: kanmodel.KANLayer):
+        super().__init__()
+        self.register_buffer("knots", layer.knots.clone())
+        self.k = layer.k
+        with torch.no_grad():
+            folded = layer.coef * layer.spline_weight.unsqueeze(-1)
+            self.weight = nn.Parameter(folded.reshape(layer.out_features, -1).clone())  # (out, in (G + k))
+            self.base_weight = nn.Parameter(layer.base_weight.clone())
+            self.bias = nn.Parameter(layer.bias.clone())
+
+    def forward(self, x):
+        # No clamp: inside the grid (as benchmarked) the table is already right.
+        basis = cox_de_boor(x, self.knots, self.k).reshape(len(x), -1)
+        return F.linear(F.silu(x), self.base_weight, self.bias) + F.linear(basis, self.weight)
+
+
+class Floor(nn.Module):
+    """Per layer: dense basis (batch, in (G + k)) @ W + base(x) @ W_b on fixed inputs.
+    Inputs of layers after the first require grad, as a real layer's input would."""
+
+    def __init__(self, width, batch, grid):
+        super().__init__()
+        self.inputs, self.weights = [], nn.ParameterList()
+        for index, (n_in, n_out) in enumerate(zip(width[:-1], width[1:])):
+            needs_grad = index > 0
+            dense = torch.rand(batch, n_in * (grid + K)).requires_grad_(needs_grad)
+            base = torch.rand(batch, n_in).requires_grad_(needs_grad)
+            self.inputs.append((dense, base))
+            self.weights.append(nn.Parameter(torch.randn(n_out, n_in * (grid + K))))
+            self.weights.append(nn.Parameter(torch.randn(n_out, n_in)))
+
+    def forward(self, x):
+        total = 0
+        for index, (dense, base) in enumerate(self.inputs):
+            out = F.linear(dense, self.weights[2 * index]) + F.linear(base, self.weights[2 * index + 1])
+            total = total + out.sum()
+        for dense, base in self.inputs:
+            dense.grad = base.grad = None
+        return total
+
+
+def kan_parameter_count(width, grid):
+    return sum(i * o * (grid + K + 2) + o for i, o in zip(width[:-1], width[1:]))
+
+
+def mlp_with_parameters(width, target):
+    """MLP (SiLU) with the KAN's depth and hidden widths scaled to ~target parameters."""
+    def build(scale):
+        sizes = [width[0]] + [max(1, round(w * scale)) for w in width[1:-1]] + [width[-1]]
+        layers = []
+        for index, (i, o) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(i, o))
+            if index < len(sizes) - 2:
+                layers.append(nn.SiLU())
+        return nn.Sequential(*layers), sizes
+    scale = 1.0
+    while sum(p.numel() for p in build(scale)[0].parameters()) < target:
+        scale *= 1.02
+    return build(scale)
+
+
+class PyKANWorker:
+    """bench/pykan_worker.py in the benchmark venv; None-safe if it is unavailable."""
+
+    def __init__(self):
+        self.process = None
+        self.error = None
+        if not os.path.exists(BENCH_PYTHON):
+            self.error = f"{BENCH_PYTHON} missing (create .bench-venv, see docs/benchmarks.md)"
+            return
+        self.process = subprocess.Popen(
+            [BENCH_PYTHON, os.path.join(ROOT, "bench", "pykan_worker.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def ask(self, **command):
+        if self.process is None:
+            return {"error": self.error}
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            self.error = "pykan worker exited"
+            self.process = None
+            return {"error": self.error}
+        return json.loads(line)
+
+    def close(self):
+        if self.process is not None:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+
+
+def build_local(width, batch, grid):
+    torch.manual_seed(0)
+    model = kanmodel.KAN(width, grid=grid, k=K, seed=0)
+    x = torch.rand(batch, width[0]) * 1.8 - 0.9
+    with torch.no_grad():
+        z = x
+        for layer in model.layers:
+            layer.coef.normal_()            # trained-looking coefficients, not init noise
+            # A uniform grid around this layer's inputs: every input inside, as in training.
+            low, high = float(z.min()) - 0.01, float(z.max()) + 0.01
+            layer.set_knots(uniform_knots(layer.in_features, grid, K, low, high), uniform=True)
+            z = layer(z)
+    ours = nn.Sequential(*model.layers)
+    reference = nn.Sequential(*[FullBasisLayer(layer) for layer in model.layers])
+    torch.testing.assert_close(ours(x), reference(x), atol=1e-4, rtol=1e-4)
+    mlp, mlp_sizes = mlp_with_parameters(width, kan_parameter_count(width, grid))
+    implementations = {"kanmodel": ours, "full-basis": reference, "mlp": mlp,
+                       "floor": Floor(width, batch, grid)}
+    return implementations, x, mlp_sizes
+
+
+def bench_shape(width, batch, grid, rounds, threads_list, pykan):
+    implementations, x, mlp_sizes = build_local(width, batch, grid)
+    setup = pykan.ask(cmd="setup", width=width, grid=grid, k=K, batch=batch, seed=0)
+    names = list(implementations) + (["pykan"] if "error" not in setup else [])
+    results = {"width": width, "batch": batch, "grid": grid, "mlp_sizes": mlp_sizes,
+               "pykan_error": setup.get("error"), "times": {}, "memory": {}}
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        samples = {(name, mode): [] for name in names for mode in MODES}
+        for round_index in range(rounds):
+            order = names[round_index % len(names):] + names[:round_index % len(names)]
+            for mode in MODES:
+                for name in order:
+                    if name == "pykan":
+                        reply = pykan.ask(cmd="time", mode=mode, threads=threads)
+                        if "error" in reply:
+                            results["pykan_error"] = reply["error"]
+                            continue
+                        samples[(name, mode)].append(reply["seconds"])
+                    else:
+                        make = forward_call if mode == "forward" else forward_backward_call
+                        samples[(name, mode)].append(time_block(make(implementations[name], x)))
+        results["times"][threads] = {f"{name}/{mode}": statistics.median(values)
+                                     for (name, mode), values in samples.items() if values}
+    torch.set_num_threads(threads_list[-1])
+    for name in names:
+        if name == "pykan":
+            reply = pykan.ask(cmd="memory", mode="forward_backward")
+            if "bytes" in reply:
+                results["memory"][name] = reply["bytes"]
+        else:
+            results["memory"][name] = peak_memory(forward_backward_call(implementations[name], x))
+    return results
+
+
+def hellokan_ours(grids, steps, target, threads):
+    """Seconds of fit() until the test RMSE (checked every 10 steps) reaches target."""
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    x_train = torch.rand(1000, 2, generator=generator) * 2 - 1
+    x_test = torch.rand(1000, 2, generator=generator) * 2 - 1
+
+    def f(x):
+        return torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)
+
+    model = kanmodel.KAN([2, 5, 1], grid=grids[0], k=3, seed=0)
+    reached = {}
+    checking = [0.0]
+    start = time.perf_counter()
+
+    def callback(progress):
+        if progress.step % 10:
+            return False
+        begin = time.perf_counter()
+        with torch.no_grad():
+            rmse = float(((model(x_test)[:, 0] - f(x_test)) ** 2).mean().sqrt())
+        checking[0] += time.perf_counter() - begin
+        if rmse <= target:
+            reached.update(grid=progress.grid, step=progress.step, test_rmse=rmse)
+            return True
+        return False
+
+    kanmodel.fit(model, x_train, f(x_train), grid_schedule=grids, steps_per_grid=steps,
+                 val_fraction=0.0, callback=callback)
+    seconds = time.perf_counter() - start - checking[0]
+    if not reached:
+        with torch.no_grad():
+            reached["final_test_rmse"] = float(((model(x_test)[:, 0] - f(x_test)) ** 2).mean().sqrt())
+    return {"seconds": seconds, **reached}
+
+
+def format_layer_section(all_results, rounds, threads_list, command):
+    lines = [f"Command: `{command}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+             f"(shared), torch {torch.__version__}, k = {K}, OMP_WAIT_POLICY="
+             f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; median of {rounds} interleaved rounds.",
+             "Ratios are time / kanmodel time (higher = slower than kanmodel).", ""]
+    for threads in threads_list:
+        lines += [f"### {threads} thread(s)", "",
+                  "| shape (batch, grid) | mode | kanmodel | full-basis | floor | mlp | pykan |",
+                  "|---|---|---|---|---|---|---|"]
+        for result in all_results:
+            times = result["times"][threads]
+            label = f"{result['width']} ({result['batch']}, {result['grid']})"
+            for mode in MODES:
+                ours = times[f"kanmodel/{mode}"]
+                cells = [f"{ours * 1e3:.3f} ms"]
+                for name in ("full-basis", "floor", "mlp", "pykan"):
+                    value = times.get(f"{name}/{mode}")
+                    cells.append("n/a" if value is None else f"{value * 1e3:.3f} ms ({value / ours:.2f}x)")
+                lines.append(f"| {label} | {mode.replace('_', '+')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Peak memory of one forward+backward (tensors allocated during the call)", "",
+              "| shape | kanmodel | full-basis | floor | mlp | pykan | MLP widths |",
+              "|---|---|---|---|---|---|---|"]
+    for result in all_results:
+        memory = result["memory"]
+        cells = [f"{memory[name] / 2 ** 20:.2f} MiB" if name in memory else "n/a"
+                 for name in ("kanmodel", "full-basis", "floor", "mlp", "pykan")]
+        lines.append(f"| {result['width']} | " + " | ".join(cells) + f" | {result['mlp_sizes']} |")
+    errors = {r["pykan_error"] for r in all_results if r["pykan_error"]}
+    if errors:
+        lines += ["", "PyKAN failures: " + "; ".join(sorted(errors))]
+    return "\n".join(lines) + "\n"
+
+
+def format_hellokan_section(ours, theirs, command):
+    lines = [f"Command: `{command}`", "",
+             "exp(sin(pi x) + y^2), 1000 train / 1000 test rows, width [2, 5, 1], grid schedule "
+             "[3, 5, 10, 20], LBFGS, 1 thread. kanmodel: test RMSE checked every 10 steps "
+             "(checking time excluded). PyKAN 0.2.8: its own recipe (refine, then fit 100 LBFGS "
+             "steps per grid), checked at the end of each stage.", "",
+             "| implementation | wall time to test RMSE <= 1e-3 | reached at |", "|---|---|---|"]
+    where = (f"grid {ours['grid']}, step {ours['step']}, RMSE {ours['test_rmse']:.2e}"
+             if "grid" in ours else f"not reached (final RMSE {ours['final_test_rmse']:.2e})")
+    lines.append(f"| kanmodel | {ours['seconds']:.1f} s | {where} |")
+    if "stages" in theirs:
+        last = theirs["stages"][-1]
+        status = "reached" if last["test_rmse"] <= 1e-3 else "not reached"
+        lines.append(f"| PyKAN 0.2.8 | {last['seconds']:.1f} s | {status}: grid {last['grid']}, "
+                     f"RMSE {last['test_rmse']:.2e} |")
+        lines += ["", "PyKAN per stage: " + ", ".join(
+            f"grid {s['grid']}: RMSE {s['test_rmse']:.2e} at {s['seconds']:.1f} s" for s in theirs["stages"])]
+        if last["test_rmse"] <= 1e-3 and "grid" in ours:
+            lines.append(f"\nkanmodel is {last['seconds'] / ours['seconds']:.1f}x faster to 1e-3.")
+    else:
+        lines.append(f"| PyKAN 0.2.8 | failed: {theirs.get('error')} | |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, heading: str, body: str) -> str:
+    """Replace (or append) the '## heading' section of a markdown document."""
+    marker = f"## {heading}\n"
+    if marker not in text:
+        return text.rstrip("\n") + ("\n\n" if text.strip() else "# Benchmarks\n\n") + marker + "\n" + body
+    start = text.index(marker) + len(marker)
+    end = text.find("\n## ", start)
+    end = len(text) if end == -1 else end + 1
+    return text[:start] + "\n" + body + ("\n" if end < len(text) else "") + text[end:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))),
+                        help="indices into SHAPES")
+    parser.add_argument("--hellokan", action="store_true", help="also time hellokan to RMSE 1e-3")
+    parser.add_argument("--no-layers", action="store_true", help="skip the layer timings")
+    parser.add_argument("--write-docs", action="store_true", help=f"write the tables into {DOCS}")
+    args = parser.parse_args()
+    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py " + " ".join(sys.argv[1:])
+    pykan = PyKANWorker()
+    sections = {}
+    try:
+        if not args.no_layers:
+            results = []
+            for index in args.shapes:
+                width, batch, grid = SHAPES[index]
+                result = bench_shape(width, batch, grid, args.rounds, args.threads, pykan)
+                results.append(result)
+                print(json.dumps(result), flush=True)
+            sections["KAN layer"] = format_layer_section(results, args.rounds, args.threads, command)
+        if args.hellokan:
+            grids = [3, 5, 10, 20]
+            ours = hellokan_ours(grids, steps=200, target=1e-3, threads=1)
+            print(json.dumps({"hellokan_kanmodel": ours}), flush=True)
+            theirs = pykan.ask(cmd="hellokan", grids=grids, steps=100, target=1e-3, threads=1)
+            print(json.dumps({"hellokan_pykan": theirs}), flush=True)
+            sections["hellokan"] = format_hellokan_section(ours, theirs, command)
+    finally:
+        pykan.close()
+    for heading, body in sections.items():
+        print(f"## {heading}\n\n{body}")
+    if args.write_docs and sections:
+        text = open(DOCS).read() if os.path.exists(DOCS) else ""
+        for heading, body in sections.items():
+            text = replace_section(text, heading, body)
+        with open(DOCS, "w") as handle:
+            handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
