@@ -131,6 +131,8 @@ def test_rejects_bad_configuration(session):
         MicroBatcher(RecordingRunner(session), max_batch_rows=0)
     with pytest.raises(ValueError, match="max_delay_us"):
         MicroBatcher(RecordingRunner(session), max_delay_us=-1)
+    with pytest.raises(ValueError, match="max_concurrent"):
+        MicroBatcher(RecordingRunner(session), max_concurrent=0)
 
 
 def test_one_drain_task_even_when_callers_arrive_before_it_starts(session):
@@ -147,3 +149,33 @@ def test_one_drain_task_even_when_callers_arrive_before_it_starts(session):
     assert runner.batch_rows == [5]
     for x, (y,) in zip(xs, results):
         np.testing.assert_allclose(y, expected(x), rtol=1e-6)
+
+
+def test_calls_in_flight_are_bounded_by_max_concurrent(session):
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+    runner = RecordingRunner(session, delay_s=0.02)
+
+    def counting_run(x):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            return runner(x)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    rng = np.random.default_rng(1)
+    requests = [rng.normal(size=(2, 3)).astype(np.float32) for _ in range(40)]
+
+    async def main():
+        with ThreadPoolExecutor(4) as pool:
+            batcher = MicroBatcher(counting_run, pool, max_batch_rows=16, max_concurrent=2)
+            return await asyncio.gather(*(batcher.submit(x) for x in requests))
+
+    results = asyncio.run(main())
+    for x, (y,) in zip(requests, results):
+        np.testing.assert_allclose(y, expected(x), rtol=1e-5, atol=1e-5)
+    assert peak[0] == 2  # both slots were used, never more
+    assert max(runner.batch_rows) <= 16 and len(runner.batch_rows) < len(requests)

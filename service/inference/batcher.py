@@ -2,12 +2,13 @@
 
 How it adapts (the idea behind Triton's dynamic batcher and BentoML's adaptive
 batching, written for one asyncio event loop):
-- An idle model runs a request at once (plus at most `max_delay_us` of waiting, 0 by
-  default), so a lone client pays no batching delay (with no delay window it runs in
-  the caller's own task, without a queue).
-- While a batch runs in the executor, new requests queue up; when it returns, all
-  queued requests (up to `max_batch_rows` rows) run as the next batch. The batch
-  size therefore grows with the load by itself.
+- A graph with a free slot runs a request at once (plus at most `max_delay_us` of
+  waiting, 0 by default), so a lone client pays no batching delay (with no delay
+  window it runs in the caller's own task, without a queue).
+- At most `max_concurrent` calls per graph are in flight (one per pool thread, so
+  large requests still use every core). While they run, new requests queue up; the
+  next free slot runs everything queued (up to `max_batch_rows` rows) as one batch.
+  The batch size therefore grows with the load by itself.
 - Results are split back by row offsets, so every caller gets exactly its own rows.
 
 A batch that raises is retried request by request, so one bad request cannot fail
@@ -37,60 +38,62 @@ class MicroBatcher:
         max_batch_rows: int = 256,
         max_delay_us: int = 0,
         on_batch: Callable[[int, int], None] | None = None,
+        max_concurrent: int = 1,
     ):
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be >= 1")
         if max_delay_us < 0:
             raise ValueError("max_delay_us must be >= 0")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
         self._run_batch = run_batch
         self._executor = executor
         self.max_batch_rows = max_batch_rows
         self.max_delay_s = max_delay_us / 1e6
+        self.max_concurrent = max_concurrent
         self._on_batch = on_batch  # on_batch(n_requests, n_rows), e.g. a histogram
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._queued_rows = 0
-        self._drainer: asyncio.Task | None = None  # kept referenced while it runs
-        self._busy = False  # a call for this graph is in flight (or about to start)
+        self._slots_used = 0  # calls in flight, plus drain tasks started and not yet done
+        self._drain_starting = False  # a drain task has not taken its first batch yet
+        self._drainers: set[asyncio.Task] = set()  # referenced while they run
         self._enough_rows: asyncio.Event | None = None
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """x: (rows, n_in) -> this request's (rows, ...) slice of every output."""
         loop = asyncio.get_running_loop()
-        if not self._busy and self.max_delay_s == 0:
+        if self._slots_used < self.max_concurrent and not self._queue and self.max_delay_s == 0:
             return await self._run_alone(loop, x)
         future = loop.create_future()
         self._queue.append((x, future))
         self._queued_rows += x.shape[0]
-        if not self._busy:
-            self._busy = True  # before the task starts, so the next caller queues too
-            self._drainer = loop.create_task(self._drain())
-        elif self._enough_rows is not None and self._queued_rows >= self.max_batch_rows:
+        self._start_drain(loop)
+        if self._enough_rows is not None and self._queued_rows >= self.max_batch_rows:
             self._enough_rows.set()
         return await future
 
     async def _run_alone(self, loop, x: np.ndarray) -> list[np.ndarray]:
-        # An idle graph with no delay window: run in the caller's own task (no queue,
-        # no drain task); requests that arrive meanwhile queue up for the next batch.
-        self._busy = True
+        self._slots_used += 1
         try:
             if self._on_batch:
                 self._on_batch(1, x.shape[0])
             return list(await loop.run_in_executor(self._executor, self._run_batch, x))
         finally:
-            if self._queue:
-                self._drainer = loop.create_task(self._drain())  # stays busy
-            else:
-                self._busy = False
+            self._slots_used -= 1
+            self._start_drain(loop)  # requests that queued meanwhile
 
-    async def _drain(self) -> None:
+    def _start_drain(self, loop) -> None:
+        # One drain task at a time may be "starting" (waiting out the delay window or
+        # not yet scheduled): the requests queued meanwhile belong to its batch.
+        if self._queue and self._slots_used < self.max_concurrent and not self._drain_starting:
+            self._slots_used += 1
+            self._drain_starting = True
+            task = loop.create_task(self._drain(loop))
+            self._drainers.add(task)
+            task.add_done_callback(self._drainers.discard)
+
+    async def _drain(self, loop) -> None:
         try:
-            await self._drain_queue()
-        finally:
-            self._busy = False
-
-    async def _drain_queue(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._queue:
             if self.max_delay_s > 0 and self._queued_rows < self.max_batch_rows:
                 self._enough_rows = asyncio.Event()
                 try:
@@ -98,8 +101,14 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     pass
                 self._enough_rows = None
-            batch = self._take_batch()
-            await self._run(loop, batch)
+            while self._queue:
+                batch = self._take_batch()
+                self._drain_starting = False
+                self._start_drain(loop)  # a free slot may take what queues up meanwhile
+                await self._run(loop, batch)
+        finally:
+            self._drain_starting = False
+            self._slots_used -= 1
 
     def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         # Always take at least one request, even one larger than max_batch_rows

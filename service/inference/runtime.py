@@ -145,7 +145,8 @@ class InferenceRuntime:
             self._drop_stale_batchers()
             batcher = self._batchers[key] = MicroBatcher(
                 partial(_run_graph, predictor), self.executor, self.settings.batch_max_rows,
-                self.settings.batch_max_delay_us, self._on_batch)
+                self.settings.batch_max_delay_us, self._on_batch,
+                max_concurrent=self.settings.inference_threads)
         values = await batcher.submit(x)
         return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
 
