@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,9 +131,19 @@ def load(url: str, body: str, key: str, requests: int, clients: int) -> dict:
     return result
 
 
+# (name, path, body, rows per request)
+TARGETS = [
+    ("no-op", "/bench/noop", {"inputs": [[0.5, -0.25]]}, 1),
+    ("[2,5,1] predict", "/v1/models/small/predict", {"inputs": [[0.5, -0.25]]}, 1),
+    ("[14,64,32,2] predict", "/v1/models/big/predict", {"inputs": [[0.1] * 14]}, 1),
+    ("[14,64,32,2] predict, 64 rows", "/v1/models/big/predict", {"inputs": [[0.1] * 14] * 64}, 64),
+]
+
+
 def server_cpu_seconds(pid: int) -> float:
     """User + system CPU of the uvicorn process and its worker processes (all threads):
-    unlike latencies, this barely moves when other programs load the machine."""
+    steadier than latencies when other programs load the machine (not immune: they
+    still share caches and cores)."""
     try:
         children = open(f"/proc/{pid}/task/{pid}/children").read().split()
     except OSError:
@@ -144,22 +155,24 @@ def server_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def run_targets(port: int, key: str, requests: int, clients_list: list[int], server_pid: int) -> list[dict]:
+def run_targets(port: int, key: str, requests: int, clients_list: list[int], server_pid: int,
+                repeat: int) -> list[dict]:
     base = f"http://127.0.0.1:{port}"
-    targets = [
-        ("no-op", f"{base}/bench/noop", {"inputs": [[0.5, -0.25]]}, 1),
-        ("[2,5,1] predict", f"{base}/v1/models/small/predict", {"inputs": [[0.5, -0.25]]}, 1),
-        ("[14,64,32,2] predict", f"{base}/v1/models/big/predict", {"inputs": [[0.1] * 14]}, 1),
-        ("[14,64,32,2] predict, 64 rows", f"{base}/v1/models/big/predict", {"inputs": [[0.1] * 14] * 64}, 64),
-    ]
+    targets = [(name, base + path, payload, rows) for name, path, payload, rows in TARGETS]
+    for _, url, payload, _ in targets:
+        load(url, json.dumps(payload), key, min(200, requests), 4)  # warm-up: sessions loaded
     results = []
-    for name, url, payload, rows in targets:
-        body = json.dumps(payload)
-        load(url, body, key, min(200, requests), 4)  # warm-up: sessions loaded, connections open
-        for clients in clients_list:
-            cpu_before = server_cpu_seconds(server_pid)
-            stats = load(url, body, key, requests, clients)
-            stats["cpu_us"] = 1e6 * (server_cpu_seconds(server_pid) - cpu_before) / requests
+    # Targets interleaved within each client count, and each cell the median of `repeat`
+    # runs, so that a burst of other load on the machine hits every target alike.
+    for clients in clients_list:
+        for name, url, payload, rows in targets:
+            runs = []
+            for _ in range(repeat):
+                cpu_before = server_cpu_seconds(server_pid)
+                run = load(url, json.dumps(payload), key, requests, clients)
+                run["cpu_us"] = 1e6 * (server_cpu_seconds(server_pid) - cpu_before) / requests
+                runs.append(run)
+            stats = {m: statistics.median(r[m] for r in runs) for m in ("p50_ms", "p99_ms", "req_s", "cpu_us")}
             stats.update(target=name, clients=clients, rows_s=stats["req_s"] * rows)
             results.append(stats)
             print(f"{name:32s} c={clients:3d}  p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
@@ -172,14 +185,14 @@ def markdown(all_results: dict[str, list[dict]], command: str, workers: int) -> 
     lines = [SECTION, "",
              f"Command: `{command}` (uvicorn with {workers} worker(s), uvloop + httptools, SQLite; "
              "load from bench/loadgen.py in a separate process on loopback; both share the machine's "
-             "2 cores, and so do other programs: the server CPU column is the steadiest figure). "
+             "2 cores, and so do other programs; the server CPU column is the steadiest figure). "
              "The no-op route is a POST in the same app that reads the body and answers a constant "
              "(same middlewares, no auth, no database).", ""]
     for mode, results in all_results.items():
         lines += [f"### Batching {mode}", "",
                   "| target | clients | p50 ms | p99 ms | req/s | rows/s | server CPU us/req |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in results:
+        for r in sorted(results, key=lambda r: [t[0] for t in TARGETS].index(r["target"])):
             lines.append(f"| {r['target']} | {r['clients']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                          f"{r['req_s']:.0f} | {r['rows_s']:.0f} | {r['cpu_us']:.0f} |")
         noop = {r["clients"]: r for r in results if r["target"] == "no-op"}
@@ -213,6 +226,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--requests", type=int, default=2000, help="requests per target and client count")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is reported")
     parser.add_argument("--batching", choices=["off", "on", "both"], default="both")
     parser.add_argument("--port", type=int, default=18321)
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
@@ -227,7 +241,8 @@ def main() -> None:
             print(f"--- batching {mode}", flush=True)
             server = start_server(url, workdir, args.workers, args.port, mode == "on")
             try:
-                all_results[mode] = run_targets(args.port, key, args.requests, args.clients, server.pid)
+                all_results[mode] = run_targets(args.port, key, args.requests, args.clients, server.pid,
+                                                args.repeat)
             finally:
                 server.terminate()
                 server.wait(30)
