@@ -65,6 +65,19 @@ def test_formula_objects_constants_and_column_order():
     assert props["kind"] == "formula" and props["name"] == "f" and props["version"] == "4"
 
 
+def test_kanmodel_formulas_with_any_variable_names():
+    """kanmodel.symbolic.Formula objects (real symbols, names from the user's columns)."""
+    from kanmodel import Formula
+
+    a, b = sympy.Symbol("petal width", real=True), sympy.Symbol("b", real=True)
+    formulas = [Formula(sympy.sin(a) * sympy.exp(-b ** 2) + 0.5, variables=["petal width", "b"]),
+                Formula(sympy.sqrt(sympy.Abs(a - b)), variables=["petal width", "b"])]
+    rows = np.random.default_rng(2).normal(size=(64, 2)).astype(np.float32)
+    got = run(formula_to_onnx(formulas), rows)["output"]
+    expected = np.stack([f.func(rows.astype(np.float64)) for f in formulas], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_classification_formulas_also_give_probabilities():
     logits = [x0, 2 * x0 - x1, sympy.Integer(0)]
     rows = np.random.default_rng(1).normal(size=(7, 2)).astype(np.float32)

@@ -182,3 +182,21 @@ def test_custom_names_are_stored_and_checked():
         to_onnx(model, input_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="output_names: names must be distinct"):
         to_onnx(kanmodel.KAN([2, 2], grid=3), output_names=["y", "y"])
+
+
+def test_models_from_prune_and_checkpoints_export_with_parity():
+    """kanmodel.prune's output and a checkpoint round trip export like any model."""
+    case = Case((3, 6, 1), k=3, grid_eps=0.02)
+    model, X = build_model(case)
+    with torch.no_grad():   # make two hidden nodes negligible so prune has something to cut
+        model.layers[0].coef[:2] *= 1e-4
+        model.layers[0].base_weight[:2] *= 1e-4
+    pruned = kanmodel.prune(model, X, threshold=0.05).eval()
+    reloaded = kanmodel.from_bytes(kanmodel.to_bytes(pruned)).eval()
+    rows = probe_inputs(X, 256, seed=3)
+    with torch.inference_mode():
+        expected = pruned(torch.from_numpy(rows)).numpy()
+    for candidate in (pruned, reloaded):
+        got = session(to_onnx(candidate)).run(["output"], {"input": rows})[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert pruned.width[1] < 6 or float(pruned.layers[0].mask.sum()) < 18

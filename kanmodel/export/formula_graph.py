@@ -139,7 +139,7 @@ class _Translator:
         g = self.g
         if expr.is_Symbol:
             return g.op("Gather", [self.x, g.const([self.index[expr.name]], "column", np.int64)],
-                        expr.name, axis=1)
+                        "var", axis=1)
         if expr.is_number:
             value = complex(expr.evalf(30))
             if value.imag != 0 or not np.isfinite(value.real):
