@@ -185,6 +185,8 @@ def test_rows_outside_the_training_range_are_answered_and_flagged(tmp_path):
                                            "output", metadata={"input_ranges": json.dumps(ranges)}))
     env.register("unranged", 1, affine_model(np.ones((2, 1), np.float32), np.zeros(1, np.float32),
                                              "input", "output"))
+    env.register("misranged", 1, affine_model(np.ones((2, 1), np.float32), np.zeros(1, np.float32), "input",
+                                              "output", metadata={"input_ranges": "[[0, 1]]"}))
     rows = [[0.0, 1.0], [-1.0, 2.0], [1.5, 1.0], [0.0, -0.1]]
     with TestClient(env.app) as client:
         client.headers["Authorization"] = f"Bearer {env.key}"
@@ -193,6 +195,9 @@ def test_rows_outside_the_training_range_are_answered_and_flagged(tmp_path):
         np.testing.assert_allclose(body["outputs"], np.sum(rows, axis=1, keepdims=True), rtol=1e-6)
         # A graph that does not record its training range cannot flag anything.
         assert client.post("/v1/models/unranged/predict", json={"inputs": rows}).json()["extrapolated"] is None
+        # Nor can one whose recorded ranges do not fit its inputs; it still answers.
+        r = client.post("/v1/models/misranged/predict", json={"inputs": rows})
+        assert r.status_code == 200 and r.json()["extrapolated"] is None
 
 
 def test_exported_models_flag_rows_beyond_their_training_range(env):

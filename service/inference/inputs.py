@@ -44,12 +44,11 @@ def _finite(matrix: np.ndarray, field: str) -> np.ndarray:
     return matrix
 
 
-def extrapolated_rows(x: np.ndarray, ranges: Sequence[Sequence[float]] | None) -> list[bool] | None:
-    """x: (rows, n_in); ranges: per input [low, high] of the training range.
+def extrapolated_rows(x: np.ndarray, ranges: np.ndarray | None) -> list[bool] | None:
+    """x: (rows, n_in); ranges: (n_in, 2), per input [low, high] of the training range.
     True for a row with any input outside its range, where the spline part of the
     model is held constant (see the out-of-grid rule) and answers are extrapolations."""
     if ranges is None:
         return None
-    bounds = np.asarray(ranges, dtype=np.float64)
-    outside = (x < bounds[:, 0]) | (x > bounds[:, 1])
+    outside = (x < ranges[:, 0]) | (x > ranges[:, 1])
     return outside.any(axis=1).tolist()

@@ -11,11 +11,13 @@ than the query itself on this path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import sqlalchemy as sa
 
 from service.auth import hash_key
 from service.db.models import ApiKey, Artifact, ModelVersion
+from service.inference.session_cache import CacheKey
 
 ENGINE_ARTIFACT = {"spline": "onnx", "formula": "formula_onnx"}
 
@@ -39,6 +41,10 @@ class ServedModel:
     engine: str
     artifact_kind: str
     sha256: str
+
+    @cached_property
+    def cache_key(self) -> CacheKey:
+        return CacheKey(self.model_id, self.sha256, self.engine)
 
 
 _COLUMNS = (ModelVersion.id, ModelVersion.name, ModelVersion.version, ModelVersion.task,

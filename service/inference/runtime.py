@@ -44,12 +44,17 @@ class Inference:
     predictor: OnnxPredictor
     x: np.ndarray                      # (rows, n_in) float32, as run
     outputs: dict[str, np.ndarray]     # graph output name -> (rows, width)
-    input_ranges: list[list[float]] | None  # per input [low, high] of the training range
+    input_ranges: np.ndarray | None  # (n_in, 2): per input [low, high] of the training range
 
 
-def input_ranges(predictor: OnnxPredictor) -> list[list[float]] | None:
-    text = predictor.metadata.get("input_ranges")
-    return json.loads(text) if text else None
+def input_ranges(predictor: OnnxPredictor) -> np.ndarray | None:
+    """The graph's "input_ranges" metadata as an (n_in, 2) array, or None when it is
+    absent or does not fit the graph (the rows are then not flagged, not refused)."""
+    try:
+        ranges = np.asarray(json.loads(predictor.metadata["input_ranges"]), dtype=np.float64)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return ranges if ranges.shape == (predictor.n_features, 2) else None
 
 
 class InferenceRuntime:
@@ -65,11 +70,11 @@ class InferenceRuntime:
             on_hit=on_cache_hit, on_miss=on_cache_miss)
         self._on_batch = on_batch
         self._batchers: dict[CacheKey, MicroBatcher] = {}
-        self._lookups: LookupCache[tuple[ServedModel, list | None]] = LookupCache(settings.model_lookup_ttl_s)
+        self._lookups: LookupCache[tuple[ServedModel, np.ndarray | None]] = LookupCache(settings.model_lookup_ttl_s)
 
     # -- blocking parts, run on the pool ------------------------------------------------
     def resolve(self, api_key: str | None, name: str, version: int | None,
-                engine: str) -> tuple[ServedModel, OnnxPredictor, list[list[float]] | None]:
+                engine: str) -> tuple[ServedModel, OnnxPredictor, np.ndarray | None]:
         """The caller's model version, its loaded graph and the training ranges."""
         with self.db.connect() as conn:
             served = find_served_model(conn, api_key, name, version, engine)
@@ -91,12 +96,12 @@ class InferenceRuntime:
         if hit is None:
             return None
         served, ranges = hit
-        predictor = self.cache.get_if_cached(CacheKey(served.model_id, served.sha256, served.engine))
+        predictor = self.cache.get_if_cached(served.cache_key)
         return None if predictor is None else (served, predictor, ranges)
 
     def _graph(self, conn: sa.Connection, served: ServedModel) -> OnnxPredictor:
-        key = CacheKey(served.model_id, served.sha256, served.engine)
-        return self.cache.get(key, partial(read_artifact, conn, served.model_id, served.artifact_kind))
+        return self.cache.get(served.cache_key, partial(read_artifact, conn, served.model_id,
+                                                        served.artifact_kind))
 
     def _prepare(self, api_key, name, version, engine, to_matrix: ToMatrix):
         served, predictor, ranges = self.resolve(api_key, name, version, engine)
@@ -113,8 +118,7 @@ class InferenceRuntime:
         if self.settings.warm_models == 0:
             return 0
         with self.db.connect() as conn:
-            items = [(CacheKey(s.model_id, s.sha256, s.engine),
-                      partial(read_artifact, conn, s.model_id, s.artifact_kind))
+            items = [(s.cache_key, partial(read_artifact, conn, s.model_id, s.artifact_kind))
                      for s in recent_served_models(conn, self.settings.warm_models)]
             return self.cache.warm(items)
 
@@ -139,7 +143,7 @@ class InferenceRuntime:
             if self._on_batch:
                 self._on_batch(1, x.shape[0])
             return Inference(served, predictor, x, await self.call(predictor.predict, x), ranges)
-        key = CacheKey(served.model_id, served.sha256, served.engine)
+        key = served.cache_key
         batcher = self._batchers.get(key)
         if batcher is None:
             self._drop_stale_batchers()
