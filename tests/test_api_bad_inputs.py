@@ -62,6 +62,8 @@ JOB_CASES = [
     ("rows differ", spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 3, "y": [[1.0]] * 2}}), 422,
      "body.data.inline", ["3 rows", "2"]),
     ("bad name", spec_with("name", "../etc"), 422, "body.name", ["pattern"]),
+    ("seed beyond 32 bits", spec_with("train.seed", 10**30), 422, "body.train.seed", ["less than"]),
+    ("empty inline X", spec_with("data", {"inline": {"X": [], "y": []}}), 422, "body.data.inline.X", ["at least 1"]),
     ("classification bad labels", {**spec_with("data", INLINE), "task": "classification",
                                    "model": {"width": [2, 3, 2]}}, 422, "body.data", ["class labels"]),
 ]
@@ -107,6 +109,18 @@ def test_huge_payload_is_413_before_parsing(tmp_path):
 
         streamed = small.client.post("/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
         assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize("path, status, words", [
+    ("/v1/models/x/versions/99999999999999999999999", 422, "integer from 1"),
+    ("/v1/models/x/versions/-1", 422, "integer from 1"),
+    ("/v1/models/x/versions/1/artifacts/onnx", 404, "not found"),
+    ("/v1/jobs?limit=100000", 422, "less than or equal"),
+    ("/v1/jobs/no-such-job", 404, "not found"),
+])
+def test_bad_read_requests(api, path, status, words):
+    response = api.client.get(path)
+    assert response.status_code == status and words in str(response.json()), response.text
 
 
 def test_other_keys_resources_are_404_and_no_key_is_401(api):

@@ -40,10 +40,10 @@ def owned_version(db: Session, key: ApiKey, name: str, version: str) -> ModelVer
     query = _versions_query(key, name)
     if version == "latest":
         model = db.scalar(query.order_by(ModelVersion.version.desc()).limit(1))
-    elif version.isdigit():
+    elif version.isdigit() and 0 < int(version) < 2**31:
         model = db.scalar(query.where(ModelVersion.version == int(version)))
     else:
-        raise HTTPException(422, f"version must be a positive integer or 'latest', got '{version}'")
+        raise HTTPException(422, f"version must be an integer from 1 to 2^31-1 or 'latest', got '{version[:40]}'")
     if model is None:
         raise HTTPException(404, f"model '{name}' version '{version}' not found")
     return model

@@ -16,6 +16,7 @@ from service.formula_grammar import FormulaError, parse_formula
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="Random seed (numpy and torch accept 32-bit seeds).")]
 
 
 class StrictModel(BaseModel):
@@ -32,7 +33,7 @@ class FormulaSource(StrictModel):
     )
     n_samples: int = Field(1000, ge=2, le=10_000_000)
     noise: FiniteFloat = Field(0.0, ge=0, description="Std of Gaussian noise added to the target.")
-    seed: int = 0
+    seed: Seed = 0
     target: Identifier = "y"
 
     @field_validator("formula")
@@ -130,7 +131,7 @@ class ModelSpec(StrictModel):
     width: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, examples=[[2, 5, 1]])
     grid: int | None = Field(None, ge=1, description="Default and required value: train.grid_schedule[0].")
     k: int = Field(3, ge=1, le=5)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class TrainSpec(StrictModel):
@@ -144,7 +145,7 @@ class TrainSpec(StrictModel):
     lamb_entropy: FiniteFloat = Field(2.0, ge=0)
     val_fraction: FiniteFloat = Field(0.2, ge=0, lt=0.9)
     patience: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("grid_schedule")
     @classmethod
