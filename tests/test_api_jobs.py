@@ -117,6 +117,10 @@ def test_finished_job_links_model_formulas_artifacts_and_events(api):
     missing = api.client.get("/v1/models/hellokan/versions/1/artifacts/nothing")
     assert missing.status_code == 404 and "checkpoint" in missing.json()["detail"]
     assert api.client.get("/v1/models/hellokan/versions/7").status_code == 404
+    # Another key sees none of it.
+    assert api.other.get("/v1/models").json()["items"] == []
+    for path in ("/v1/models/hellokan", "/v1/models/hellokan/versions/1", kinds["checkpoint"]["url"]):
+        assert api.other.get(path).status_code == 404
 
 
 def test_a_second_job_with_the_same_name_makes_version_2(api):
