@@ -6,10 +6,12 @@ the case's ranges, has RMSE / std(y) <= 1e-5 (the rule stated in that file).
 
     .venv/bin/python bench/symbolic.py                       # ours, all cases, writes the docs
     .venv/bin/python bench/symbolic.py --cases I.12.1 toy-seed --no-docs
-    .venv/bin/python bench/symbolic.py --pykan               # also PyKAN, run in .bench-venv
+    .venv/bin/python bench/symbolic.py --pykan               # PyKAN only, in .bench-venv
 
-The PyKAN side runs this same file under .bench-venv/bin/python with --pykan-worker
-(it imports `kan`, never `kanmodel`) and hands back JSON on stdout.
+Results go to bench/results/symbolic.json (ours) and bench/results/pykan_symbolic.json
+(PyKAN); the table in docs/benchmarks.md is written from both files. The PyKAN side
+runs this same file under .bench-venv/bin/python with --pykan-worker (it imports
+`kan`, never `kanmodel`) and hands back JSON on stdout.
 """
 from __future__ import annotations
 
@@ -170,11 +172,21 @@ def _cell(text: str, limit: int = 90) -> str:
     return "`" + (text if len(text) <= limit else text[: limit - 3] + "...") + "`"
 
 
-def table(ours: list[dict], pykan: list[dict] | str | None, command: str) -> str:
+def table(ours: list[dict], pykan: list[dict] | str | None, command: str,
+          pykan_command: str | None) -> str:
     lines = [SECTION, "",
-             f"Measured with `{command}` (2 shared CPU cores, one torch thread per run).",
+             f"Measured with `{command}`" + (f" and `{pykan_command}`" if pykan_command else "") +
+             " (2 CPU cores shared with other work, one torch thread per run).",
              f"Rule: formula RMSE / std(y) <= {RECOVERED:g} on {N_TEST} fresh float64 points; "
-             f"{N_TRAIN} training points per case (`discover` holds out 20% of them).", ""]
+             f"{N_TRAIN} training points per case (`discover` holds out 20% of them).", "",
+             "One recipe for every case, `kanmodel.discover` with its defaults (see "
+             "`kanmodel/discover.py`): network shapes [n,1], [n,1,1], [n,2,1], [n,2,1,1], [n,3,1] "
+             "in turn, each first in log space (log y on log x, only when all data are positive) "
+             "then raw; Adam on grid 3, prune, LBFGS on grids 5, 10, 20 (float64); every edge "
+             "fitted with the function library, composed, all constants refitted in float64 on "
+             "the whole formula, next-best edge candidates tried while the formula is not exact, "
+             "constants rounded and the formula simplified only where the data agree; stop at "
+             "the first formula exact on the held-out rows, 150 s budget.", ""]
     by_id = {r["id"]: r for r in pykan} if isinstance(pykan, list) else {}
     header = "| case | truth | recovered | formula (kanmodel.discover) | error | time (s) |"
     rule = "|---|---|---|---|---|---|"
@@ -196,8 +208,8 @@ def table(ours: list[dict], pykan: list[dict] | str | None, command: str) -> str
                   f"slowest case {max(r['seconds'] for r in ours):.0f} s."]
     if by_id:
         lines.append(f"**PyKAN 0.2.8 (width [n, 2n+1, 1], grids {PYKAN_GRIDS}, {PYKAN_STEPS} LBFGS steps each, "
-                     f"prune, auto_symbolic, fit): {sum(p['recovered'] for p in by_id.values())} of "
-                     f"{len(by_id)} recovered.**")
+                     f"sparsity 1e-3 then prune, auto_symbolic, fit; {PYKAN_TIMEOUT} s per case at most): "
+                     f"{sum(p['recovered'] for p in by_id.values())} of {len(by_id)} recovered.**")
     elif isinstance(pykan, str):
         lines.append(f"PyKAN 0.2.8: {pykan}.")
     return "\n".join(lines) + "\n"
@@ -214,7 +226,7 @@ def write_section(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="*", help="case ids (default: all)")
-    parser.add_argument("--pykan", action="store_true", help="also run PyKAN 0.2.8 in .bench-venv")
+    parser.add_argument("--pykan", action="store_true", help="run PyKAN 0.2.8 (in .bench-venv) instead of ours")
     parser.add_argument("--pykan-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
@@ -222,18 +234,29 @@ def main() -> None:
     if args.pykan_worker:
         print(json.dumps(run_pykan(cases[0])))
         return
-    ours = []
-    for case in cases:
-        ours.append(run_ours(case))
-        r = ours[-1]
-        print(f"{r['id']}: recovered={r['recovered']} error={r['error']:.1e} {r['seconds']:.0f} s "
-              f"[{r['space']} {r['width']}] {r['formula']}", flush=True)
-    pykan = pykan_in_bench_venv(cases) if args.pykan else None
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "symbolic.json").write_text(json.dumps({"ours": ours, "pykan": pykan}, indent=1))
-    command = "python bench/symbolic.py" + (" --pykan" if args.pykan else "") + \
-        (" --cases " + " ".join(args.cases) if args.cases else "")
-    text = table(ours, pykan, command)
+    ours_file, pykan_file = RESULTS / "symbolic.json", RESULTS / "pykan_symbolic.json"
+    suffix = " --cases " + " ".join(args.cases) if args.cases else ""
+    if args.pykan:
+        pykan = pykan_in_bench_venv(cases)
+        pykan_file.write_text(json.dumps({"command": "python bench/symbolic.py --pykan" + suffix,
+                                          "results": pykan}, indent=1))
+    else:
+        ours = []
+        for case in cases:
+            ours.append(run_ours(case))
+            r = ours[-1]
+            print(f"{r['id']}: recovered={r['recovered']} error={r['error']:.1e} {r['seconds']:.0f} s "
+                  f"[{r['space']} {r['width']}] {r['formula']}", flush=True)
+        ours_file.write_text(json.dumps({"command": "python bench/symbolic.py" + suffix,
+                                         "results": ours}, indent=1))
+    if not ours_file.exists():
+        return
+    ours_run = json.loads(ours_file.read_text())
+    pykan_run = json.loads(pykan_file.read_text()) if pykan_file.exists() else None
+    text = table(ours_run["results"], pykan_run["results"] if pykan_run else
+                 "not run (`python bench/symbolic.py --pykan` writes its results)",
+                 ours_run["command"], pykan_run["command"] if pykan_run else None)
     print(text)
     if not args.no_docs:
         write_section(text)

@@ -47,6 +47,7 @@ DEFAULTS = {
     "exact_tolerance": 1e-7,
     "time_budget": 150.0,
     "max_train_rows": 5000,
+    "float64": True,                # train in double precision (LBFGS stalls less)
 }
 
 
@@ -98,6 +99,8 @@ def _train(width, X, y, task, opts) -> tuple[KAN, list[dict]]:
     common = dict(val_fraction=0.15, seed=opts["seed"])
     hidden = len(width) > 2
     model = KAN(width, grid=schedule[0], seed=opts["seed"], task=task)
+    if opts["float64"]:
+        model = model.double()
     target = y if task == "regression" else y.astype(np.int64)
     warm = fit(model, X, target, optimizer="adam", grid_schedule=schedule[:1],
                steps_per_grid=opts["warmup_steps"], lamb=opts["lamb"] if hidden else 0.0, **common)
@@ -124,7 +127,9 @@ def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
     formulas = auto_symbolic(model, X_tr, fit_targets, opts["library"], opts["variables"],
                              space=space_name, X_val=X_val,
                              y_val=y_val if task == "regression" else _logits(model, X_val),
-                             time_budget=max(0.0, deadline - time.monotonic()))
+                             time_budget=max(0.0, deadline - time.monotonic()),
+                             # logits have no exact formula to search for
+                             alternatives=2 if task == "regression" else 0)
     return {"model": model, "history": history, "formulas": formulas, "space": space_name,
             "width": list(model.width), "trained_width": list(width),
             "seconds": time.monotonic() - started}
