@@ -219,3 +219,36 @@ def test_cancel_during_formula_search_ends_cancelled_without_a_model(api):
     canceller.join()
     assert time.monotonic() - started < 30  # the formula search was killed, not waited for
     assert count(api, ModelVersion) == 0
+
+
+def test_dataset_job_trains_on_the_named_columns(api):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a, b, noise = rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200)
+    csv = "a,noise,b,target\n" + "\n".join(f"{x},{n},{y},{x * x + np.sin(2 * y)}" for x, n, y in zip(a, noise, b))
+    dataset_id = api.client.post("/v1/datasets", content=csv, headers={"content-type": "text/csv"}).json()["id"]
+    spec = {**SPEC, "name": "from-csv", "model": {"width": [2, 4, 1]},
+            "data": {"dataset_id": dataset_id, "target": ["target"], "features": ["b", "a"]}}
+    job_id = submit(api, spec)
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded"
+    version = api.client.get("/v1/models/from-csv/versions/1").json()
+    assert version["input_names"] == ["b", "a"] and version["output_names"] == ["target"]
+    assert version["metrics"]["n_rows"] == 200 and version["metrics"]["val_loss"] < 0.5
+
+
+def test_classification_job_from_inline_data(api):
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    X = rng.uniform(-1, 1, (200, 2))
+    labels = (X[:, 0] * X[:, 1] > 0).astype(float)  # XOR-like quadrants
+    spec = {**SPEC, "name": "quadrants", "task": "classification", "model": {"width": [2, 4, 2]},
+            "data": {"inline": {"X": X.tolist(), "y": labels[:, None].tolist(), "feature_names": ["u", "v"]}},
+            "symbolic": {"enabled": True}}
+    job_id = submit(api, spec)
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded", job_row(api, job_id).error
+    version = api.client.get("/v1/models/quadrants/versions/1").json()
+    assert version["task"] == "classification" and version["metrics"]["loss"] == "cross_entropy"
+    assert version["metrics"]["val_loss"] < np.log(2)  # better than guessing
+    assert any("regression only" in note for note in version["metrics"]["notes"])
