@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import kanmodel
-from kanmodel.export import to_onnx
+from kanmodel.export import spline_graph, to_onnx
 
 torch.set_num_threads(1)
 
@@ -135,6 +135,21 @@ def test_onnxruntime_matches_torch(exported, batch):
     if case.task == "classification":
         probabilities = torch.softmax(torch.from_numpy(expected), -1).numpy()
         np.testing.assert_allclose(outputs["probabilities"], probabilities, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", ["basis", "interval"])
+@pytest.mark.parametrize("case", [Case((3, 4, 2), k=3), Case((3, 5, 2), k=2, grid_eps=0.02, prune=True),
+                                  Case((40, 33, 2), k=3, grid_eps=0.02)], ids=lambda c: c.label)
+def test_both_feature_rows_match_torch(monkeypatch, case, features):
+    """Each layer is built from basis rows or interval rows, whichever costs less;
+    force each one on uniform, narrow adaptive and wide adaptive layers."""
+    monkeypatch.setattr(spline_graph, "_features", lambda layer: features)
+    model, X = build_model(case)
+    rows = probe_inputs(X, 333, seed=11)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(rows)).numpy()
+    got = session(to_onnx(model)).run(["output"], {"input": rows})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_far_outside_the_grid_follows_the_clamp_rule(exported):

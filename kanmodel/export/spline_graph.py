@@ -1,21 +1,28 @@
 """`to_onnx`: a trained KAN as an ONNX graph built from its knots and coefficients.
 
-Per layer, x (batch, in) -> y (batch, out):
+Every layer, x (batch, in) -> y (batch, out), first locates each input on its
+knots: the interval m and a local coordinate s in [-1/2, 1/2] of clamp(x) (the
+out-of-grid rule). Uniform knots need one Round; adaptive knots count the
+interior knots below x and gather that interval's centre and width. On interval
+m only k+1 B-spline basis functions are non-zero, and each is a polynomial of
+degree k in s (see `piecewise`). The layer is then one Gemm against folded,
+pre-packed weights, over one of two sparse feature rows per input:
 
-    s, m   local coordinate and interval of clamp(x) on each input's knots
-    N      the k+1 non-zero B-spline values, zero-padded to k+3 rows, as
-           polynomials in s (see `piecewise`)
-    dense  (G + k) rows per input: row c of input i is N[c - first + 1], clipped
-           into the zero padding (one GatherElements instead of a scatter)
-    y      dense @ Ws^T + base(x) @ Wb^T + bias          (Gemm, weights packed once)
+    basis     the (G + k) B-spline values, k+1 of them non-zero: the k+1 values
+              are evaluated (one small Gemm on uniform knots, Horner sums over
+              the interval's gathered polynomial coefficients on adaptive ones)
+              and placed by one GatherElements; weights mask * spline_weight * coef
+    interval  the G * (k+1) products onehot(m) * s^p, k+1 of them non-zero; the
+              weights hold each edge spline's own polynomial on each interval,
+              so nothing but the interval's centre and width is gathered
 
-with mask, spline_weight and coef folded into Ws, mask into Wb, and the output
-standardisation into the last layer. Layouts are chosen for onnxruntime, which
-is several times slower on short contiguous runs (broadcasts, GatherElements):
-uniform layers work feature-major ((in, batch): one Round finds the interval,
-one Gemm evaluates all polynomials); adaptive layers count the interior knots
-below x and gather their interval's centre, width and polynomial coefficients
-batch-major ((batch, rows, in): the gathered tables never repeat over the batch).
+plus base(x) @ (mask * base_weight)^T + bias, with the output standardisation
+folded into the last layer. `_features` picks the cheaper row per layer.
+
+Layouts are chosen for onnxruntime, which is several times slower on short
+contiguous runs (broadcasts, GatherElements): uniform and interval rows are
+built feature-major ((in, batch) flattened), adaptive basis rows batch-major
+((batch, rows, in): the gathered tables never repeat over the batch).
 """
 
 from __future__ import annotations
@@ -31,12 +38,17 @@ from kanmodel.export.metadata import column_names, input_ranges, model_props
 from kanmodel.export.onnx_builder import GraphBuilder, batch_tensor
 from kanmodel.export.piecewise import centred, is_uniform, local_bases, uniform_basis
 
-# Adaptive layers with at least this many inputs are evaluated batch-major (see _layer).
-BATCH_MAJOR_MIN_INPUTS = 32
-
 INPUT = "input"
 OUTPUT = "output"
 PROBABILITIES = "probabilities"
+
+# Rough per-element costs (ns) of onnxruntime 1.32 CPU kernels on one core, measured
+# with its profiler on the bench shapes: a GatherElements element, an elementwise
+# element on a long run, a Gemm multiply-add. Only their ratios matter.
+GATHER_NS, ELEMENTWISE_NS, GEMM_NS = 2.0, 0.3, 0.036
+# Adaptive basis rows are built batch-major, which needs this many inputs per row
+# to make long runs; narrower adaptive layers always use interval rows.
+BATCH_MAJOR_MIN_INPUTS = 32
 
 
 @dataclass
@@ -65,14 +77,28 @@ class LayerArrays:
     def grid_size(self) -> int:
         return self.knots.shape[1] - 2 * self.k - 1
 
-    def spline_weight_matrix(self) -> np.ndarray:
-        """Ws (out, (G + k) * in): column c * in + i is the folded coefficient of
-        basis function c of input i (the dense tensor's row order)."""
-        folded = (self.mask * self.spline_weight)[..., None] * self.coef      # (out, in, G+k)
-        return np.swapaxes(folded, 1, 2).reshape(self.n_out, -1)
+    def folded_coef(self) -> np.ndarray:
+        """mask * spline_weight * coef (out, in, G + k)."""
+        return (self.mask * self.spline_weight)[..., None] * self.coef
+
+    def basis_weight(self) -> np.ndarray:
+        """(out, (G + k) * in): column c * in + i weighs basis function c of input i."""
+        return np.swapaxes(self.folded_coef(), 1, 2).reshape(self.n_out, -1)
+
+    def interval_weight(self) -> np.ndarray:
+        """(out, G * (k+1) * in): column (m * (k+1) + p) * in + i is the coefficient
+        of s^p in edge i -> out's spline on interval m of input i."""
+        k, grid = self.k, self.grid_size
+        if self.uniform:
+            bases = np.broadcast_to(centred(uniform_basis(k)), (self.n_in, grid, k + 1, k + 1))
+        else:
+            bases = centred(local_bases(self.knots, k))                   # (in, G, p, j)
+        folded = self.folded_coef()
+        window = np.stack([folded[:, :, m:m + k + 1] for m in range(grid)], axis=2)  # (out, in, G, j)
+        return np.einsum("impj,oimj->ompi", bases, window).reshape(self.n_out, -1)
 
     def base_weight_matrix(self) -> np.ndarray:
-        """Wb (out, in)."""
+        """mask * base_weight (out, in)."""
         return self.mask * self.base_weight
 
 
@@ -105,14 +131,11 @@ def to_onnx(model, name: str = "model", version=1, input_names=None, output_name
 
     g = GraphBuilder()
     x = _standardise_input(g, INPUT, _numpy(model.in_shift), _numpy(model.in_scale))
-    out_shift, out_scale = _numpy(model.out_shift), _numpy(model.out_scale)
     for index, layer in enumerate(layers):
-        last = index == len(layers) - 1
-        spline_w, base_w, bias = layer.spline_weight_matrix(), layer.base_weight_matrix(), layer.bias
-        if last:
-            spline_w, base_w = spline_w * out_scale[:, None], base_w * out_scale[:, None]
-            bias = bias * out_scale + out_shift
-        x = _layer(g, x, layer, spline_w, base_w, bias, output=OUTPUT if last else None)
+        if index == len(layers) - 1:
+            x = _layer(g, x, layer, _numpy(model.out_scale), _numpy(model.out_shift), output=OUTPUT)
+        else:
+            x = _layer(g, x, layer, np.ones(layer.n_out), np.zeros(layer.n_out))
 
     outputs = [batch_tensor(OUTPUT, n_out)]
     if task == "classification":
@@ -139,31 +162,34 @@ def _standardise_input(g: GraphBuilder, x: str, shift: np.ndarray, scale: np.nda
     return x
 
 
-def _layer(g: GraphBuilder, x: str, layer: LayerArrays, spline_w: np.ndarray, base_w: np.ndarray,
-           bias: np.ndarray, output: str | None) -> str:
-    """One layer's nodes: x (batch, in) -> y (batch, out)."""
-    if layer.uniform:
-        dense, transposed = _uniform_dense(g, x, layer), 1     # ((G+k) * in, batch)
+def _features(layer: LayerArrays) -> str:
+    """The cheaper feature row for this layer, "interval" or "basis", by a cost per
+    (input, row) pair. Interval rows are wider (G * (k+1) vs G + k: a bigger Gemm)
+    but need no GatherElements beyond the interval's centre and width."""
+    k, grid, out = layer.k, layer.grid_size, layer.n_out
+    if not layer.uniform and layer.n_in < BATCH_MAJOR_MIN_INPUTS:
+        return "interval"
+    interval = grid * (k + 1) * (out * GEMM_NS + ELEMENTWISE_NS)
+    gathers = grid + k + (0 if layer.uniform else (k + 1) ** 2)
+    basis = gathers * GATHER_NS + (grid + k) * out * GEMM_NS
+    return "interval" if interval < basis else "basis"
+
+
+def _layer(g: GraphBuilder, x: str, layer: LayerArrays, out_scale: np.ndarray, out_shift: np.ndarray,
+           output: str | None = None) -> str:
+    """One layer's nodes: x (batch, in) -> y (batch, out) * out_scale + out_shift."""
+    if _features(layer) == "interval":
+        rows, weight, transposed = _interval_rows(g, x, layer), layer.interval_weight(), 1
+    elif layer.uniform:
+        rows, weight, transposed = _uniform_basis_rows(g, x, layer), layer.basis_weight(), 1
     else:
-        # Wide layers gather along the inputs (fast at any batch size), narrow ones
-        # along the batch (their few inputs would make short runs).
-        feature_major = layer.n_in < BATCH_MAJOR_MIN_INPUTS
-        dense, transposed = _adaptive_dense(g, x, layer, feature_major), int(feature_major)
-    bias_term = g.const(bias, "bias")
+        rows, weight, transposed = _adaptive_basis_rows(g, x, layer), layer.basis_weight(), 0
+    bias = g.const(layer.bias * out_scale + out_shift, "bias")
     if layer.base != "zero":
-        bias_term = g.op("Gemm", [_base_nodes(g, x, layer.base), g.const(base_w.T, "base_weight"), bias_term],
-                         "base_out")
-    return g.op("Gemm", [dense, g.const(spline_w.T, "spline_weight"), bias_term], "layer_out",
-                output=output, transA=transposed)
-
-
-def _band_index(g: GraphBuilder, first: str, k: int, n_basis: int, columns_shape: tuple[int, ...]) -> str:
-    """Row of the padded values read by each dense column: clip(c - first + 1, 0, k+2)
-    (padded[r] holds N[r - 1] for r = 1..k+1 and 0 at r = 0 and r = k+2).
-    first is int32; the column numbers broadcast against it with columns_shape."""
-    columns = (np.arange(n_basis) + 1).reshape(columns_shape)
-    index = g.op("Sub", [g.const(columns, "columns", np.int32), first])
-    return g.op("Clip", [index, g.const(0, "lo", np.int32), g.const(k + 2, "hi", np.int32)], "index")
+        base_w = layer.base_weight_matrix() * out_scale[:, None]
+        bias = g.op("Gemm", [_base_nodes(g, x, layer.base), g.const(base_w.T, "base_weight"), bias], "base_out")
+    weight = g.const((weight * out_scale[:, None]).T, "spline_weight")
+    return g.op("Gemm", [rows, weight, bias], "layer_out", output=output, transA=transposed)
 
 
 def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
@@ -174,29 +200,96 @@ def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
     raise ValueError(f"base function {base!r} has no ONNX export (supported: silu, identity, zero)")
 
 
-def _padded(matrix: np.ndarray) -> np.ndarray:
-    """(..., k+1) -> (..., k+3) with a zero column on each side."""
-    pad = [(0, 0)] * (matrix.ndim - 1) + [(1, 1)]
-    return np.pad(matrix, pad)
+def _uniform_location(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
+    """x (in, batch) on equally spaced knots -> (m, s), both float (in, batch).
 
-
-def _uniform_dense(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
-    """Closed form on equally spaced knots, computed like the torch layer but in the
-    centred coordinate: v = (x - t_0) / h - 1/2 clamped to [k, G + k] - 1/2 (the
-    out-of-grid rule), interval m = round(v) in [k, G + k - 1], s = v - m.
-    (At a knot v is a half-integer and either neighbouring interval gives the same
-    value: the spline is continuous.) Feature-major, with (input, batch) flattened
-    into one long axis. Returns dense ((G + k) * in, batch)."""
-    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
+    Computed like the torch layer but in the centred coordinate: v = (x - t_0) / h
+    - 1/2 clamped to [k, G + k] - 1/2 (the out-of-grid rule), m = round(v) in
+    [k, G + k - 1], s = v - m. (At a knot v is a half-integer and either
+    neighbouring interval gives the same value: the spline is continuous.)"""
+    k, grid = layer.k, layer.grid_size
     knots32 = layer.knots.astype(np.float32)
     step = (knots32[:, grid + k] - knots32[:, k]) / np.float32(grid)
     centre_of_first = knots32[:, 0] + step / np.float32(2)
-    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
     v = g.op("Sub", [x, g.const(centre_of_first[:, None], "origin")])
     v = g.op("Div", [v, g.const(step[:, None], "step")], "v")
     v = g.op("Clip", [v, g.const(k - 0.5, "lo"), g.const(grid + k - 0.5, "hi")], "v")
     interval = g.op("Clip", [g.op("Round", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
-    s = g.op("Sub", [v, interval], "s")
+    return interval, g.op("Sub", [v, interval], "s")
+
+
+def _adaptive_location(g: GraphBuilder, x: str, layer: LayerArrays, feature_major: bool) -> tuple[str, str]:
+    """x on any increasing knots -> (m int32, s float), laid out like x: (in, batch)
+    if feature_major else (batch, in). m is the number of interior knots <= clamp(x),
+    s = (clamp(x) - centre_m) / width_m."""
+    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
+    knots = layer.knots
+
+    def oriented(table: np.ndarray) -> np.ndarray:
+        """(rows, in) table -> broadcastable against x's layout."""
+        return table[..., None] if feature_major else table[:, None, :]
+
+    low, high = knots[:, k], knots[:, grid + k]
+    if feature_major:
+        low, high = low[:, None], high[:, None]
+    clamped = g.op("Max", [g.op("Min", [x, g.const(high, "high")]), g.const(low, "low")], "clamped")
+    interior = knots[:, k + 1:grid + k].T if grid > 1 else np.full((1, n_in), np.inf)  # +inf: never reached
+    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped, 0), g.const(oriented(interior), "interior")])
+    interval = g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT32),
+                                  g.const([0], "axes", np.int64)], "m", keepdims=0)
+    left, right = knots[:, k:k + grid].T, knots[:, k + 1:k + grid + 1].T  # (G, in)
+    axis = 1 if feature_major else 0
+    centre, inv_width = (left + right) / 2, 1.0 / (right - left)
+    centre = g.op("GatherElements", [g.const(centre.T if feature_major else centre, "centre"), interval], axis=axis)
+    inv_width = g.op("GatherElements", [g.const(inv_width.T if feature_major else inv_width, "inv_width"),
+                                        interval], axis=axis)
+    return interval, g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
+
+
+def _interval_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
+    """Rows (G * (k+1) * in, batch): row (m, p, i) is s_i^p where input i lies in
+    interval m, else 0."""
+    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
+    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
+    if layer.uniform:
+        interval, s = _uniform_location(g, x, layer)
+        labels = g.const((np.arange(grid) + k)[:, None], "labels")
+    else:
+        interval, s = _adaptive_location(g, x, layer, feature_major=True)
+        labels = g.const(np.arange(grid)[:, None], "labels", np.int32)
+    flat = g.const([1, -1], "shape", np.int64)
+    s = g.op("Reshape", [s, flat])                                          # (1, in * batch)
+    onehot = g.op("Cast", [g.op("Equal", [g.op("Reshape", [interval, flat]), labels])], "onehot",
+                  to=TensorProto.FLOAT)                                     # (G, in * batch)
+    ones = g.op("Add", [g.op("Mul", [s, g.const(0.0, "zero")]), g.const(1.0, "one")])
+    terms = [ones, s]
+    for _ in range(k - 1):
+        terms.append(g.op("Mul", [terms[-1], s]))
+    powers = g.op("Concat", terms, "powers", axis=0)                       # (k+1, in * batch)
+    rows = g.op("Mul", [_unsqueeze(g, onehot, 1), _unsqueeze(g, powers, 0)], "rows")
+    return g.op("Reshape", [rows, g.const([grid * (k + 1) * n_in, -1], "shape", np.int64)], "rows")
+
+
+def _band_index(g: GraphBuilder, first: str, k: int, n_basis: int, columns_shape: tuple[int, ...]) -> str:
+    """Row of the padded values read by each basis column: clip(c - first + 1, 0, k+2)
+    (padded[r] holds N[r - 1] for r = 1..k+1 and 0 at r = 0 and r = k+2).
+    first is int32; the column numbers broadcast against it with columns_shape."""
+    columns = (np.arange(n_basis) + 1).reshape(columns_shape)
+    index = g.op("Sub", [g.const(columns, "columns", np.int32), first])
+    return g.op("Clip", [index, g.const(0, "lo", np.int32), g.const(k + 2, "hi", np.int32)], "index")
+
+
+def _padded(matrix: np.ndarray) -> np.ndarray:
+    """(..., k+1) -> (..., k+3) with a zero column on each side."""
+    return np.pad(matrix, [(0, 0)] * (matrix.ndim - 1) + [(1, 1)])
+
+
+def _uniform_basis_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
+    """Basis rows ((G + k) * in, batch) on equally spaced knots, feature-major with
+    (input, batch) flattened into one long axis."""
+    k, grid, n_in = layer.k, layer.grid_size, layer.n_in
+    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
+    interval, s = _uniform_location(g, x, layer)
     # padded values (k+3, in * batch) = M^T [s^1 .. s^k] + M[0]: one Gemm
     matrix = _padded(centred(uniform_basis(k)))                            # (k+1 powers, k+3)
     powers = g.op("Reshape", [_powers(g, s, k), g.const([k, -1], "shape", np.int64)], "powers")
@@ -205,73 +298,30 @@ def _uniform_dense(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
     first = g.op("Cast", [g.op("Sub", [interval, g.const(float(k), "k")])], "first", to=TensorProto.INT32)
     first = g.op("Reshape", [first, g.const([1, -1], "shape", np.int64)])
     index = _band_index(g, first, k, grid + k, (-1, 1))                    # (G+k, in * batch)
-    dense = g.op("GatherElements", [padded, index], "dense", axis=0)
-    return g.op("Reshape", [dense, g.const([(grid + k) * n_in, -1], "shape", np.int64)], "dense")
+    rows = g.op("GatherElements", [padded, index], "rows", axis=0)
+    return g.op("Reshape", [rows, g.const([(grid + k) * n_in, -1], "shape", np.int64)], "rows")
 
 
-def _adaptive_dense(g: GraphBuilder, x: str, layer: LayerArrays, feature_major: bool) -> str:
-    """Any increasing knots: the interval m is the number of interior knots <= x
-    (x clamped to the domain), s = (x - centre_m) / width_m, and the values are
-    Horner sums over the gathered coefficients of that interval's basis polynomials.
-
-    feature_major: work on (in, batch) and return dense ((G + k) * in, batch);
-    else work on (batch, in) and return dense (batch, (G + k) * in). The gathers
-    run along the batch in the first layout and along the inputs in the second."""
+def _adaptive_basis_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
+    """Basis rows (batch, (G + k) * in) on any increasing knots, batch-major: the
+    values are Horner sums over the gathered polynomial coefficients of each input's
+    interval."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
-    knots = layer.knots
-    # tables are laid out so that they broadcast against (in, batch) or (batch, in)
-    def per_input(table: np.ndarray) -> np.ndarray:   # (..., in) -> (..., in, 1) if feature-major
-        return table[..., None] if feature_major else table
-
-    if feature_major:
-        x = g.op("Transpose", [x], "features", perm=[1, 0])
-    low, high = knots[:, k], knots[:, grid + k]
-    clamped = g.op("Max", [g.op("Min", [x, g.const(per_input(high), "high")]), g.const(per_input(low), "low")],
-                   "clamped")
-    interior = knots[:, k + 1:grid + k].T                                  # (G-1, in)
-    if grid == 1:  # no interior knot: a knot at +inf is never reached
-        interior = np.full((1, n_in), np.inf)
-    interior = per_input(interior) if feature_major else interior[:, None, :]
-    above = g.op("GreaterOrEqual", [_unsqueeze(g, clamped, 0), g.const(interior, "interior")])
-    interval = g.op("ReduceSum", [g.op("Cast", [above], to=TensorProto.INT32),
-                                  g.const([0], "axes", np.int64)], "m", keepdims=0)
-
-    left, right = knots[:, k:k + grid], knots[:, k + 1:k + grid + 1]      # (in, G)
-    interval_axis = 1 if feature_major else 0
-    def per_interval(table: np.ndarray) -> np.ndarray:  # (in, G) -> the layout's orientation
-        return table if feature_major else table.T
-
-    centre = g.op("GatherElements", [g.const(per_interval((left + right) / 2), "centre"), interval],
-                  axis=interval_axis)
-    inv_width = g.op("GatherElements", [g.const(per_interval(1.0 / (right - left)), "inv_width"), interval],
-                     axis=interval_axis)
-    s = g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
-    # coefficients[p]: s^p coefficient of N_j on interval m of input i, as
-    # [j, i, m] (feature-major) or [m, j, i] (batch-major)
-    bases = centred(local_bases(knots, k))                                  # (in, G, p, j)
-    order = (2, 0, 1) if feature_major else (1, 2, 0)    # axes of bases[:, :, p] = (in, G, j)
-    row_axis = 0 if feature_major else 1
-    first = _unsqueeze(g, interval, row_axis)
-    repeat = [k + 1, 1, 1] if feature_major else [1, k + 1, 1]
-    rows = g.op("Expand", [first, g.const(repeat, "shape", np.int64)], "rows")
-    s_rows = _unsqueeze(g, s, row_axis)
+    interval, s = _adaptive_location(g, x, layer, feature_major=False)     # (batch, in)
+    # coefficients[p][m, j, i]: s^p coefficient of N_j on interval m of input i
+    coefficients = np.transpose(centred(local_bases(layer.knots, k)), (2, 1, 3, 0))
+    first = _unsqueeze(g, interval, 1)                                      # (batch, 1, in)
+    rows = g.op("Expand", [first, g.const([1, k + 1, 1], "shape", np.int64)], "rows")
+    s_rows = _unsqueeze(g, s, 1)
     values = None
     for p in range(k, -1, -1):
-        table = np.transpose(bases[:, :, p, :], order)
-        coefficient = g.op("GatherElements", [g.const(table, f"poly{p}"), rows], axis=2 if feature_major else 0)
+        coefficient = g.op("GatherElements", [g.const(coefficients[p], f"poly{p}"), rows], axis=0)
         values = coefficient if values is None else g.op("Add", [g.op("Mul", [values, s_rows]), coefficient])
     # zero rows around the k+1 values, added after the Horner sums so they cost one copy
-    pads = [1, 0, 0, 1, 0, 0] if feature_major else [0, 1, 0, 0, 1, 0]
-    padded = g.op("Pad", [values, g.const(pads, "pads", np.int64)], "padded")
-    if feature_major:  # flatten (input, batch): one long inner axis for the last gather
-        padded = g.op("Reshape", [padded, g.const([k + 3, -1], "shape", np.int64)])
-        first = g.op("Reshape", [first, g.const([1, -1], "shape", np.int64)])
-        index = _band_index(g, first, k, grid + k, (-1, 1))                # (G+k, in * batch)
-        dense = g.op("GatherElements", [padded, index], "dense", axis=0)
-        return g.op("Reshape", [dense, g.const([(grid + k) * n_in, -1], "shape", np.int64)], "dense")
+    padded = g.op("Pad", [values, g.const([0, 1, 0, 0, 1, 0], "pads", np.int64)], "padded")
     index = _band_index(g, first, k, grid + k, (1, -1, 1))                 # (batch, G+k, in)
-    dense = g.op("GatherElements", [padded, index], "dense", axis=1)
-    return g.op("Reshape", [dense, g.const([-1, (grid + k) * n_in], "shape", np.int64)], "dense")
+    rows = g.op("GatherElements", [padded, index], "rows", axis=1)
+    return g.op("Reshape", [rows, g.const([-1, (grid + k) * n_in], "shape", np.int64)], "rows")
 
 
 def _powers(g: GraphBuilder, s: str, k: int) -> str:
