@@ -3,13 +3,14 @@ a real uvicorn server, plus the JSON forms and error answers a hand-written clie
 
 import numpy as np
 import pytest
+import sympy
 import torch
 import tritonclient.http as triton_http
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
 import kanmodel
-from kanmodel.export import to_onnx
+from kanmodel.export import formula_to_onnx, to_onnx
 from live_server import live_server
 from serving_setup import serving_env
 
@@ -143,3 +144,17 @@ def test_errors_for_models_and_keys_are_error_objects(client, env):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     r = client.get("/v2/models/hello/versions/x1")
     assert r.status_code == 400 and "positive integer" in r.json()["error"]
+
+
+def test_infer_can_pick_the_formula_graph(tmp_path, kan):
+    x0, x1 = sympy.symbols("x0 x1")
+    env = serving_env(tmp_path)
+    env.register("f", 1, kan[1], formula_onnx=formula_to_onnx([x0 * x1 + 1], variables=["x0", "x1"]))
+    tensor = {"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, -1]]}
+    with TestClient(env.app) as client:
+        client.headers["Authorization"] = f"Bearer {env.key}"
+        r = client.post("/v2/models/f/infer", json={"inputs": [tensor], "parameters": {"engine": "formula"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [3.0, -2.0]
+        r = client.post("/v2/models/f/infer", json={"inputs": [tensor], "parameters": {"engine": "magic"}})
+        assert r.status_code == 400 and "'spline' or 'formula'" in r.json()["error"]
