@@ -1,0 +1,166 @@
+"""fit(): accuracy on hellokan and digits, and every training option."""
+import math
+import time
+
+import pytest
+import torch
+
+import kanmodel
+
+torch.set_num_threads(1)
+
+
+def hellokan(n: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=generator) * 2 - 1
+    return x, torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)
+
+
+def rmse(model, x, y) -> float:
+    with torch.no_grad():
+        return float(((model(x)[:, 0] - y) ** 2).mean().sqrt())
+
+
+def small_problem(n=300, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=generator) * 4 - 2
+    return x, torch.sin(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2
+
+
+def test_hellokan_reaches_pykan_accuracy_within_a_minute():
+    x_train, y_train = hellokan(1000, 0)
+    x_test, y_test = hellokan(1000, 1)
+    model = kanmodel.KAN([2, 5, 1], grid=3, k=3, grid_eps=1.0, seed=0)
+    start = time.perf_counter()
+    result = kanmodel.fit(model, x_train, y_train, optimizer="lbfgs", grid_schedule=[3, 5, 10, 20],
+                          steps_per_grid=400, val_fraction=0.0)
+    seconds = time.perf_counter() - start
+    assert result.stages_completed == 4 and model.grid_size == 20
+    assert rmse(model, x_test, y_test) <= 1e-3
+    assert seconds < 60
+
+
+def test_digits_classification_reaches_95_percent():
+    datasets = pytest.importorskip("sklearn.datasets")
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    x, y = datasets.load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=0.25, random_state=0, stratify=y)
+    model = kanmodel.KAN([64, 10], grid=3, task="classification", seed=0)
+    result = kanmodel.fit(model, x_train, y_train, optimizer="adam", batch_size=128,
+                          grid_schedule=[3], steps_per_grid=300, val_fraction=0.15)
+    probabilities = model.predict_proba(torch.as_tensor(x_test, dtype=torch.float32))
+    accuracy = float((probabilities.argmax(1) == torch.as_tensor(y_test)).float().mean())
+    assert accuracy >= 0.95
+    assert torch.allclose(probabilities.sum(1), torch.ones(len(x_test)))
+    assert result.val_loss is not None and result.val_loss < result.history[0]["val_loss"]
+
+
+def test_adam_mini_batches_learn():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 3, 1], grid=5, seed=0)
+    before = rmse(model, x, y)
+    result = kanmodel.fit(model, x, y, optimizer="adam", lr=0.02, batch_size=32,
+                          steps_per_grid=150, val_fraction=0.0)
+    assert len(result.history) == 150
+    assert rmse(model, x, y) < 0.2 * before
+
+
+def edge_magnitude(model, x) -> float:
+    with torch.no_grad():
+        return float(sum(edges.abs().mean(0).sum() for _, edges in model.activations(x)))
+
+
+def test_sparsity_regularisation_shrinks_activations_and_warms_up():
+    x, y = small_problem()
+    runs = {}
+    for name, lamb, warmup in [("plain", 0.0, 0.0), ("sparse", 0.05, 0.0), ("warm", 0.05, 0.5)]:
+        model = kanmodel.KAN([2, 4, 1], grid=5, seed=0)
+        result = kanmodel.fit(model, x, y, steps_per_grid=40, lamb=lamb, lamb_warmup=warmup,
+                              val_fraction=0.0)
+        runs[name] = (model, result.history)
+    assert edge_magnitude(runs["sparse"][0], x) < 0.8 * edge_magnitude(runs["plain"][0], x)
+    # Warm-up starts from lamb = 0: the first step matches the unregularised run.
+    assert runs["warm"][1][0]["train_loss"] == runs["plain"][1][0]["train_loss"]
+    assert runs["sparse"][1][1]["train_loss"] != runs["plain"][1][1]["train_loss"]
+
+
+def test_validation_split_and_early_stopping():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 3, 1], grid=5, seed=0)
+    result = kanmodel.fit(model, x, y, grid_schedule=[5, 10], steps_per_grid=200, patience=3,
+                          val_fraction=0.25, optimizer="adam", lr=0.5)
+    assert all(entry["val_loss"] is not None for entry in result.history)
+    per_stage = [sum(1 for e in result.history if e["stage"] == s) for s in (0, 1)]
+    assert all(3 <= n < 200 for n in per_stage)           # patience ended both stages
+    assert result.stages_completed == 2
+    best_last_stage = min(e["val_loss"] for e in result.history if e["stage"] == 1)
+    assert result.val_loss == pytest.approx(best_last_stage)   # best state restored
+
+
+def test_callback_sees_progress_and_can_stop():
+    x, y = small_problem()
+    seen = []
+
+    def callback(progress):
+        seen.append(progress)
+        return progress.step == 5
+
+    result = kanmodel.fit(kanmodel.KAN([2, 2, 1], grid=3), x, y, grid_schedule=[3, 5],
+                          steps_per_grid=10, callback=callback)
+    assert result.stopped and len(result.history) == 5 and result.stages_completed == 0
+    assert [p.step for p in seen] == [1, 2, 3, 4, 5]
+    first = seen[0]
+    assert (first.stage, first.n_stages, first.grid, first.total_steps) == (0, 2, 3, 20)
+    assert first.train_loss > 0 and first.val_loss > 0
+
+
+def test_same_seed_same_model_different_seed_different_model():
+    x, y = small_problem()
+    blobs = []
+    for seed in (0, 0, 1):
+        model = kanmodel.KAN([2, 3, 1], grid=5, seed=seed)
+        kanmodel.fit(model, x, y, optimizer="adam", batch_size=64, steps_per_grid=20,
+                     grid_schedule=[5, 8], seed=seed)
+        blobs.append(kanmodel.to_bytes(model))
+    assert blobs[0] == blobs[1]
+    assert blobs[0] != blobs[2]
+
+
+def test_resume_from_stage_checkpoint_equals_an_uninterrupted_run():
+    x, y = small_problem()
+    checkpoints, stages_seen = {}, []
+
+    def on_stage_end(stage, model):
+        stages_seen.append(stage)
+        checkpoints[stage] = kanmodel.to_bytes(model)
+
+    model = kanmodel.KAN([2, 3, 1], grid=3, seed=0)
+    kanmodel.fit(model, x, y, grid_schedule=[3, 6, 12], steps_per_grid=15, on_stage_end=on_stage_end)
+    assert stages_seen == [0, 1, 2]
+    resumed = kanmodel.from_bytes(checkpoints[0])
+    result = kanmodel.fit(resumed, x, y, grid_schedule=[3, 6, 12], steps_per_grid=15, start_stage=1)
+    assert [e["stage"] for e in result.history][:1] == [1] and result.stages_completed == 3
+    assert kanmodel.to_bytes(resumed) == kanmodel.to_bytes(model)
+
+
+def test_divergence_raises_an_actionable_error():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 3, 1], grid=5, seed=0)
+    with torch.no_grad():
+        model.layers[1].base_weight.fill_(float("inf"))
+    with pytest.raises(kanmodel.TrainingDiverged, match="lr"):
+        kanmodel.fit(model, x, y, optimizer="adam", steps_per_grid=5, val_fraction=0.0)
+
+
+def test_bad_training_input_names_the_problem():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 1])
+    with pytest.raises(ValueError, match="y must have shape"):
+        kanmodel.fit(model, x, y[:10])
+    with pytest.raises(ValueError, match="NaN"):
+        kanmodel.fit(model, x, y * float("nan"))
+    with pytest.raises(ValueError, match="optimizer"):
+        kanmodel.fit(model, x, y, optimizer="sgd")
+    with pytest.raises(ValueError, match="labels"):
+        kanmodel.fit(kanmodel.KAN([2, 3], task="classification"), x, torch.full((300,), 5))
