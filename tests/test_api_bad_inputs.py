@@ -64,6 +64,9 @@ JOB_CASES = [
     ("bad name", spec_with("name", "../etc"), 422, "body.name", ["pattern"]),
     ("seed beyond 32 bits", spec_with("train.seed", 10**30), 422, "body.train.seed", ["less than"]),
     ("empty inline X", spec_with("data", {"inline": {"X": [], "y": []}}), 422, "body.data.inline.X", ["at least 1"]),
+    ("class names count", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0], [1.0]] * 2}}),
+                           "task": "classification", "model": {"width": [2, 3, 2]}, "class_names": ["a"]},
+     422, "body.class_names", ["1 class_names"]),
     ("classification bad labels", {**spec_with("data", INLINE), "task": "classification",
                                    "model": {"width": [2, 3, 2]}}, 422, "body.data", ["class labels"]),
 ]

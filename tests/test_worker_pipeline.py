@@ -245,10 +245,12 @@ def test_classification_job_from_inline_data(api):
     labels = (X[:, 0] * X[:, 1] > 0).astype(float)  # XOR-like quadrants
     spec = {**SPEC, "name": "quadrants", "task": "classification", "model": {"width": [2, 4, 2]},
             "data": {"inline": {"X": X.tolist(), "y": labels[:, None].tolist(), "feature_names": ["u", "v"]}},
-            "symbolic": {"enabled": True}}
+            "symbolic": {"enabled": True, "prune": True}, "class_names": ["different", "same"]}
     job_id = submit(api, spec)
     assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded", job_row(api, job_id).error
     version = api.client.get("/v1/models/quadrants/versions/1").json()
     assert version["task"] == "classification" and version["metrics"]["loss"] == "cross_entropy"
+    assert version["output_names"] == ["different", "same"] and version["input_names"] == ["u", "v"]
+    assert "onnx" in {artifact["kind"] for artifact in version["artifacts"]}
     assert version["metrics"]["val_loss"] < np.log(2)  # better than guessing
-    assert any("regression only" in note for note in version["metrics"]["notes"])
+    assert [note for note in version["metrics"]["notes"] if "regression only" not in note] == []  # pruned fine

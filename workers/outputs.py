@@ -1,11 +1,10 @@
 """What a trained job leaves behind besides the model: pruned network, formulas, ONNX
-graphs, plots. Each step runs when the spec asks for it and the library provides it;
-a step that is unavailable or fails is recorded as a note instead of failing the job,
-because the trained network itself is still worth registering."""
+graphs, plots. Each step runs when the spec asks for it; a step that fails is recorded
+as a note instead of failing the job, because the trained network itself is still
+worth registering."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,9 +13,10 @@ import numpy as np
 import torch
 
 import kanmodel
+from kanmodel.export import formula_to_onnx, to_onnx
+from kanmodel.plots import plot_loss, plot_network
 from service.schemas.jobspec import JobSpec
-from workers.symbolic_runner import (ExtractedFormula, SymbolicRequest, SymbolicStopped, SymbolicUnavailable,
-                                     extract_in_subprocess)
+from workers.symbolic_runner import ExtractedFormula, SymbolicRequest, SymbolicStopped, extract_in_subprocess
 from workers.training_data import TrainingData
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,6 @@ class Outputs:
 
 def _number(value) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
-
-
-def _optional(module: str, name: str) -> Callable | None:
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,11 +108,7 @@ class OutputBuilder:
             outputs.notes.append(f"{what} failed: {type(exc).__name__}: {exc}"[:500])
 
     def _prune(self, outputs: Outputs) -> None:
-        prune = getattr(kanmodel, "prune", None) or _optional("kanmodel.pruning", "prune")
-        if prune is None:
-            outputs.notes.append("pruning is not available in this build of kanmodel")
-            return
-        outputs.model = prune(outputs.model, self.data.X, threshold=self.spec.symbolic.prune_threshold)
+        outputs.model = kanmodel.prune(outputs.model, self.data.X, threshold=self.spec.symbolic.prune_threshold)
 
     def _symbolic(self, outputs: Outputs) -> None:
         data, train = self.data, self.spec.train
@@ -133,31 +122,21 @@ class OutputBuilder:
             variables=data.input_names, time_budget=self.spec.symbolic.time_budget_seconds)
         try:
             outputs.formulas = extract_in_subprocess(request, self.should_stop)
-        except (SymbolicUnavailable, SymbolicStopped) as exc:
+        except SymbolicStopped as exc:
             outputs.notes.append(str(exc))
 
     def _export(self, outputs: Outputs, version: int) -> None:
-        to_onnx = _optional("kanmodel.export", "to_onnx")
-        if to_onnx is None:
-            outputs.notes.append("ONNX export is not available in this build of kanmodel")
-            return
         names = dict(name=self.spec.name, version=version, output_names=self.data.output_names)
         outputs.artifacts.append(ArtifactBlob(
             "onnx", f"{self.spec.name}-v{version}.onnx", "application/octet-stream",
             to_onnx(outputs.model, input_names=self.data.input_names, **names)))
-        formula_to_onnx = _optional("kanmodel.export", "formula_to_onnx")
-        if outputs.formulas and formula_to_onnx is not None:
+        if outputs.formulas:
             outputs.artifacts.append(ArtifactBlob(
                 "formula_onnx", f"{self.spec.name}-v{version}-formula.onnx", "application/octet-stream",
                 formula_to_onnx([f.expr for f in outputs.formulas], variables=self.data.input_names,
                                 task=self.spec.task, **names)))
 
     def _plots(self, outputs: Outputs, history: list[dict]) -> None:
-        plot_network = _optional("kanmodel.plots", "plot_network")
-        plot_loss = _optional("kanmodel.plots", "plot_loss")
-        if plot_network is None or plot_loss is None:
-            outputs.notes.append("plots are not available in this build of kanmodel")
-            return
         outputs.artifacts.append(ArtifactBlob("plot_network", f"{self.spec.name}-network.png", "image/png",
                                               plot_network(outputs.model, X=self.data.X[:PLOT_ROWS],
                                                            names=self.data.input_names)))

@@ -15,10 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class SymbolicUnavailable(Exception):
-    """kanmodel provides no auto_symbolic."""
-
-
 class SymbolicStopped(Exception):
     """The time budget ran out, the job was cancelled, or the child died; the message says which."""
 
@@ -44,24 +40,6 @@ class SymbolicRequest:
     time_budget: float
 
 
-def _find_auto_symbolic():
-    import importlib
-
-    import kanmodel
-
-    function = getattr(kanmodel, "auto_symbolic", None)
-    if function is None:  # the contract's name first, then the module, until the package re-exports it
-        try:
-            function = getattr(importlib.import_module("kanmodel.symbolic.auto"), "auto_symbolic", None)
-        except ImportError:
-            function = None
-    return function
-
-
-def symbolic_available() -> bool:
-    return _find_auto_symbolic() is not None
-
-
 def _extract(request: SymbolicRequest) -> list[ExtractedFormula]:
     import torch
 
@@ -69,7 +47,7 @@ def _extract(request: SymbolicRequest) -> list[ExtractedFormula]:
 
     torch.set_num_threads(1)
     model = kanmodel.from_bytes(request.model_blob)
-    formulas = _find_auto_symbolic()(
+    formulas = kanmodel.auto_symbolic(
         model, request.X_fit, request.y_fit, library=request.library, variables=request.variables,
         X_val=request.X_val, y_val=request.y_val, time_budget=request.time_budget / 2)
     return [ExtractedFormula(f.expr, f.text, f.latex, float(f.r2), float(f.rmse)) for f in formulas]
@@ -85,8 +63,6 @@ def _child(connection, request: SymbolicRequest) -> None:
 
 
 def extract_in_subprocess(request: SymbolicRequest, should_stop: Callable[[], bool]) -> list[ExtractedFormula]:
-    if not symbolic_available():
-        raise SymbolicUnavailable("symbolic extraction is not available in this build of kanmodel")
     context = multiprocessing.get_context("spawn")  # fork after torch started threads can deadlock
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(sender, request), name="kanserve-symbolic", daemon=True)

@@ -16,12 +16,19 @@ from service.schemas.jobspec import FormulaSource, InlineSource, JobSpec
 @dataclass(frozen=True)
 class TrainingData:
     X: np.ndarray  # (n_rows, n_inputs) float64
-    y: np.ndarray  # (n_rows, n_outputs) float64; classification: one column of class indices
+    y: np.ndarray  # (n_rows, n_targets) float64; classification: one column of class indices
     input_names: list[str]
-    output_names: list[str]
+    output_names: list[str]  # the model's outputs: targets, or classes for classification
 
 
 def load_training_data(db: Session, owner_key_id: str, spec: JobSpec) -> TrainingData:
+    data = _load(db, owner_key_id, spec)
+    if spec.task == "classification":
+        return TrainingData(data.X, data.y, data.input_names, spec.output_names_for_classes)
+    return data
+
+
+def _load(db: Session, owner_key_id: str, spec: JobSpec) -> TrainingData:
     data = spec.data
     if isinstance(data, FormulaSource):
         X, y = generate(data)

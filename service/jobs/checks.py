@@ -114,7 +114,7 @@ def check_shape(spec: JobSpec, shape: DataShape) -> list[Problem]:
                                     f"model.width[-1] is {width[-1]} but the data has {len(shape.output_names)} "
                                     f"target column(s) {shape.output_names}"))
     else:
-        problems.extend(_check_labels(width[-1], shape))
+        problems.extend(_check_labels(width[-1], spec.class_names, shape))
     n_val = int(round(shape.n_rows * spec.train.val_fraction))
     if shape.n_rows - n_val < 2:
         problems.append(Problem(("train", "val_fraction"),
@@ -123,13 +123,15 @@ def check_shape(spec: JobSpec, shape: DataShape) -> list[Problem]:
     return problems
 
 
-def _check_labels(n_classes: int, shape: DataShape) -> list[Problem]:
+def _check_labels(n_classes: int, class_names: list[str] | None, shape: DataShape) -> list[Problem]:
     last = ("model", "width")
     if len(shape.output_names) != 1:
         return [Problem(("data",), f"classification needs one target column of class indices, "
                                    f"got {len(shape.output_names)}")]
     if n_classes < 2:
         return [Problem(last, "classification needs model.width[-1] >= 2 (one output per class)")]
+    if class_names is not None and len(class_names) != n_classes:
+        return [Problem(("class_names",), f"{len(class_names)} class_names for model.width[-1] = {n_classes} classes")]
     labels = shape.targets[:, 0] if shape.targets is not None else np.empty(0)
     bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0) | (labels >= n_classes))
     if bad.size:

@@ -185,6 +185,20 @@ class JobSpec(StrictModel):
     symbolic: SymbolicSpec = SymbolicSpec()
     export: ExportSpec = ExportSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    class_names: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None, description="Classification: a name per class index (default '0', '1', ...).")
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError(f"class_names must be distinct, got {names}")
+        return names
+
+    @property
+    def output_names_for_classes(self) -> list[str]:
+        """Classification: the model's outputs are one logit per class, named by class."""
+        return self.class_names or [str(k) for k in range(self.model.width[-1])]
 
     @property
     def queue(self) -> str:
