@@ -64,15 +64,22 @@ def uniform_basis_matrix(k: int) -> np.ndarray:
     return matrix
 
 
-def _horner(coefficients: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """sum_p coefficients[p] * u^p: coefficients (P, columns), u (batch, in)
-    -> (columns, batch, in)."""
-    columns = coefficients.reshape(*coefficients.shape, 1, 1)
-    if len(coefficients) == 1:
-        return columns[0].expand(-1, *u.shape).clone()
-    result = torch.addcmul(columns[-2], columns[-1], u)
-    for row in range(len(coefficients) - 3, -1, -1):
-        result = torch.addcmul(columns[row], result, u)
+@functools.lru_cache(maxsize=64)
+def _horner_tables(k: int, dtype: torch.dtype, device: torch.device):
+    """(values, derivatives) coefficient tables shaped (P, k + 1, 1, 1) for _horner:
+    the uniform basis matrix and its d/du, built once per (k, dtype, device)."""
+    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)
+    ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
+    return matrix[..., None, None], (matrix[1:] * ramp)[..., None, None]
+
+
+def _horner(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sum_p table[p] * u^p: table (P, columns, 1, 1), u (batch, in) -> (columns, batch, in)."""
+    if len(table) == 1:
+        return table[0].expand(-1, *u.shape).clone()
+    result = torch.addcmul(table[-2], table[-1], u)
+    for row in range(len(table) - 3, -1, -1):
+        result = torch.addcmul(table[row], result, u)
     return result
 
 
@@ -85,13 +92,9 @@ def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative:
     """
     interval = torch.floor(t).clamp_(max=grid_size + k - 1)
     u = t - interval
-    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=t.dtype, device=t.device)
-    values = _horner(matrix, u)
-    derivatives = None
-    if with_derivative:
-        # d/du sum_p M[p] u^p = sum_p (p + 1) M[p + 1] u^p
-        ramp = torch.arange(1, k + 1, dtype=t.dtype, device=t.device).unsqueeze(1)
-        derivatives = _horner(matrix[1:] * ramp, u)
+    value_table, derivative_table = _horner_tables(k, t.dtype, t.device)
+    values = _horner(value_table, u)
+    derivatives = _horner(derivative_table, u) if with_derivative else None
     return values, interval, derivatives
 
 

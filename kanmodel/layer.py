@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanmodel.basis import clamp_to_domain, dense_basis
+from kanmodel.basis import clamp_to_domain, dense_basis, uniform_coordinates
 from kanmodel.grid import data_knots, fit_coefficients, refined_knots, uniform_knots
 from kanmodel.spline_op import spline_matmul
 
@@ -48,6 +48,7 @@ class KANLayer(nn.Module):
         self.in_features, self.out_features, self.k, self.base = in_features, out_features, k, base
         self.base_fn = BASE_FUNCTIONS[base]
         self.uniform = True
+        self._coordinates_key = None
         self.register_buffer("knots", uniform_knots(in_features, grid_size, k, *grid_range, dtype=dtype))
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=dtype))
         n_basis = grid_size + k
@@ -72,9 +73,20 @@ class KANLayer(nn.Module):
         scale = (self.spline_weight * self.mask).unsqueeze(-1)
         return (self.coef * scale).reshape(self.out_features, -1)
 
+    def _uniform_coordinates(self):
+        """basis.uniform_coordinates of the current knots, recomputed only when the knot
+        tensor changes (new tensor, in-place edit, dtype or device move)."""
+        knots = self.knots
+        key = (knots.data_ptr(), knots._version, knots.dtype, knots.device, knots.shape)
+        if self._coordinates_key != key:
+            self._coordinates = uniform_coordinates(knots, self.k)
+            self._coordinates_key = key
+        return self._coordinates
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out)."""
-        spline = spline_matmul(x, self.knots, self.folded_weight(), self.k, self.uniform)
+        coordinates = self._uniform_coordinates() if self.uniform else None
+        spline = spline_matmul(x, self.knots, self.folded_weight(), self.k, self.uniform, coordinates)
         base = torch.addmm(self.bias, self.base_fn(x), (self.base_weight * self.mask).t())
         return base + spline
 
@@ -117,6 +129,7 @@ class KANLayer(nn.Module):
         # A new Parameter, not .data: autograd caches the old shape on the old leaf.
         self.coef = nn.Parameter(fit_coefficients(inside, targets, knots, self.k, uniform))
         self.knots = knots
+        self._coordinates_key = None
         self.uniform = uniform
 
     def set_knots(self, knots: torch.Tensor, uniform: bool) -> None:
@@ -125,6 +138,7 @@ class KANLayer(nn.Module):
         if tuple(knots.shape) != expected:
             raise ValueError(f"knots must have shape {expected}, got {tuple(knots.shape)}")
         self.knots = knots
+        self._coordinates_key = None
         self.uniform = uniform
 
     def extra_repr(self) -> str:

@@ -15,10 +15,10 @@ import torch
 from kanmodel.basis import basis_rows, local_basis, uniform_coordinates, uniform_unit_basis
 
 
-def _uniform_basis(x, knots, k, grid_size, with_derivative):
+def _uniform_basis(x, knots, k, grid_size, with_derivative, coordinates):
     """-> (values, first index, d values / d knot coordinate, d coordinate / dx masked
     to zero outside the domain)."""
-    offset, scale = uniform_coordinates(knots, k)
+    offset, scale = coordinates if coordinates is not None else uniform_coordinates(knots, k)
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
@@ -26,7 +26,7 @@ def _uniform_basis(x, knots, k, grid_size, with_derivative):
     return values, interval.long() - k, derivatives, chain
 
 
-def _general_basis(x, knots, k, grid_size, with_derivative):
+def _general_basis(x, knots, k, grid_size, with_derivative, coordinates):
     low, high = knots[:, k], knots[:, grid_size + k]
     basis = local_basis(torch.clamp(x, low, high), knots, k, uniform=False,
                         with_derivative=with_derivative)
@@ -47,13 +47,13 @@ class SplineMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                k: int, uniform: bool) -> torch.Tensor:
+                k: int, uniform: bool, coordinates=None) -> torch.Tensor:
         batch, n_in = x.shape
         grid_size = knots.shape[1] - 2 * k - 1
         n_basis = grid_size + k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
-        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad)
+        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, coordinates)
         # (k + 1, batch, in) planes, seen as (batch, in, k + 1) by scatter and gather.
         rows = basis_rows(first, k).permute(1, 2, 0)
         dense = x.new_zeros(batch, n_in, n_basis).scatter_(2, rows, values.permute(1, 2, 0))
@@ -73,10 +73,11 @@ class SplineMatmul(torch.autograd.Function):
             grad_x = (grad_dense.gather(2, rows) * derivatives).sum(2) * chain
         if ctx.needs_input_grad[2]:
             grad_weight = grad_out.t() @ dense
-        return grad_x, None, grad_weight, None, None
+        return grad_x, None, grad_weight, None, None, None
 
 
 def spline_matmul(x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                  k: int, uniform: bool) -> torch.Tensor:
-    """(batch, in) -> (batch, out); see SplineMatmul."""
-    return SplineMatmul.apply(x, knots, weight, k, uniform)
+                  k: int, uniform: bool, coordinates=None) -> torch.Tensor:
+    """(batch, in) -> (batch, out); see SplineMatmul. coordinates: the (offset, scale)
+    of basis.uniform_coordinates(knots, k) when the caller has them cached."""
+    return SplineMatmul.apply(x, knots, weight, k, uniform, coordinates)

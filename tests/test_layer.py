@@ -134,3 +134,27 @@ def test_bad_arguments_name_the_problem():
         model(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
         model.update_grid(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_forward_follows_every_change_of_the_knots():
+    layer = make_layer(uniform=True, dtype=torch.float32)
+    x = points_avoiding_the_domain_edges(layer, 30)
+    layer(x)                                  # fills the cached grid coordinates
+
+    def general_path():
+        layer.uniform = False
+        try:
+            return layer(x)
+        finally:
+            layer.uniform = True
+
+    with torch.no_grad():
+        layer.knots.mul_(1.5)                 # in place
+    torch.testing.assert_close(layer(x), general_path())
+    layer.set_knots(layer.knots * 0.5, uniform=True)      # replaced
+    torch.testing.assert_close(layer(x), general_path())
+    expected = general_path().double()
+    layer.double()                            # dtype move
+    out = layer(x.double())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
