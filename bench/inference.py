@@ -205,16 +205,16 @@ def verdict(rows: list[dict]) -> list[str]:
 
 
 NOTES = [
-    "How the graph is built (kanmodel/export/spline_graph.py): per layer the k+1 non-zero",
-    "B-spline values come from closed-form polynomials in a local coordinate (uniform knots:",
-    "one Round finds the interval and one small Gemm evaluates every polynomial; adaptive",
-    "knots: a comparison count finds the interval and its polynomial coefficients are",
-    "gathered), one GatherElements places them in the (G + k)-wide basis row, and one Gemm",
-    "against the folded, pre-packed coefficients finishes the layer. At batch 1 the cost is",
-    "a few dozen small kernels; at batch 1024 on wide layers the GatherElements and the",
-    "Gemm dominate onnxruntime's profile. Adaptive grids",
-    "(what fit produces with the default grid_eps) also gather (k+1)^2 + 2 coefficients",
-    "per input and row, which is why their throughput trails the uniform grids'.",
+    "How the graph is built (kanmodel/export/spline_graph.py): each layer locates every input",
+    "on its knots (uniform: one Round; adaptive: a comparison count, then the interval's centre",
+    "and width are gathered), evaluates only the k+1 non-zero B-spline pieces as polynomials",
+    "in a local coordinate, and finishes with one Gemm against folded, pre-packed weights over",
+    "either the (G + k)-wide basis row (values placed by one GatherElements) or the",
+    "G * (k+1)-wide row onehot(interval) * s^p (weights hold each edge's polynomial per",
+    "interval; no gathers). A per-layer cost estimate picks the row: basis rows for wide",
+    "uniform layers, interval rows elsewhere. At batch 1 the cost is a few dozen small",
+    "kernels; at batch 1024 on [784,64,10] the Gemm and the GatherElements dominate",
+    "onnxruntime's profile, so the throughput ratio to (c) is smallest there.",
 ]
 
 
@@ -232,8 +232,8 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=0.3, help="seconds of timing per measurement and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best is kept")
+    parser.add_argument("--budget", type=float, default=0.2, help="seconds of timing per measurement and round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best is kept")
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
     rows = run(args.budget, args.rounds)

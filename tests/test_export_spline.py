@@ -139,10 +139,12 @@ def test_onnxruntime_matches_torch(exported, batch):
 
 @pytest.mark.parametrize("features", ["basis", "interval"])
 @pytest.mark.parametrize("case", [Case((3, 4, 2), k=3), Case((3, 5, 2), k=2, grid_eps=0.02, prune=True),
-                                  Case((40, 33, 2), k=3, grid_eps=0.02)], ids=lambda c: c.label)
+                                  Case((40, 33, 2), k=3), Case((40, 33, 2), k=3, grid_eps=0.02)],
+                         ids=lambda c: c.label)
 def test_both_feature_rows_match_torch(monkeypatch, case, features):
-    """Each layer is built from basis rows or interval rows, whichever costs less;
-    force each one on uniform, narrow adaptive and wide adaptive layers."""
+    """Each layer is built from basis rows or interval rows, whichever costs less,
+    feature-major when narrow and batch-major when wide; force each row on every
+    combination of grid kind and width."""
     monkeypatch.setattr(spline_graph, "_features", lambda layer: features)
     model, X = build_model(case)
     rows = probe_inputs(X, 333, seed=11)

@@ -46,8 +46,9 @@ PROBABILITIES = "probabilities"
 # with its profiler on the bench shapes: a GatherElements element, an elementwise
 # element on a long run, a Gemm multiply-add. Only their ratios matter.
 GATHER_NS, ELEMENTWISE_NS, GEMM_NS = 2.0, 0.3, 0.036
-# Adaptive basis rows are built batch-major, which needs this many inputs per row
-# to make long runs; narrower adaptive layers always use interval rows.
+# Layers with this many inputs build their rows batch-major ((batch, rows, in)), the
+# others feature-major ((rows, in * batch)): either way the innermost runs are long.
+# Adaptive basis rows exist only batch-major; narrower adaptive layers use interval rows.
 BATCH_MAJOR_MIN_INPUTS = 32
 
 
@@ -178,18 +179,21 @@ def _features(layer: LayerArrays) -> str:
 def _layer(g: GraphBuilder, x: str, layer: LayerArrays, out_scale: np.ndarray, out_shift: np.ndarray,
            output: str | None = None) -> str:
     """One layer's nodes: x (batch, in) -> y (batch, out) * out_scale + out_shift."""
+    # Wide layers build their rows batch-major: (batch, in) runs are long enough, and
+    # Gemm is faster with the rows as its untransposed first operand.
+    batch_major = layer.n_in >= BATCH_MAJOR_MIN_INPUTS
     if _features(layer) == "interval":
-        rows, weight, transposed = _interval_rows(g, x, layer), layer.interval_weight(), 1
+        rows, weight = _interval_rows(g, x, layer, batch_major), layer.interval_weight()
     elif layer.uniform:
-        rows, weight, transposed = _uniform_basis_rows(g, x, layer), layer.basis_weight(), 1
-    else:
-        rows, weight, transposed = _adaptive_basis_rows(g, x, layer), layer.basis_weight(), 0
+        rows, weight = _uniform_basis_rows(g, x, layer, batch_major), layer.basis_weight()
+    else:  # only built batch-major (chosen by _features for wide layers only)
+        rows, weight, batch_major = _adaptive_basis_rows(g, x, layer), layer.basis_weight(), True
     bias = g.const(layer.bias * out_scale + out_shift, "bias")
     if layer.base != "zero":
         base_w = layer.base_weight_matrix() * out_scale[:, None]
         bias = g.op("Gemm", [_base_nodes(g, x, layer.base), g.const(base_w.T, "base_weight"), bias], "base_out")
     weight = g.const((weight * out_scale[:, None]).T, "spline_weight")
-    return g.op("Gemm", [rows, weight, bias], "layer_out", output=output, transA=transposed)
+    return g.op("Gemm", [rows, weight, bias], "layer_out", output=output, transA=int(not batch_major))
 
 
 def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
@@ -200,8 +204,9 @@ def _base_nodes(g: GraphBuilder, x: str, base: str) -> str:
     raise ValueError(f"base function {base!r} has no ONNX export (supported: silu, identity, zero)")
 
 
-def _uniform_location(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str, str]:
-    """x (in, batch) on equally spaced knots -> (m, s), both float (in, batch).
+def _uniform_location(g: GraphBuilder, x: str, layer: LayerArrays, feature_major: bool) -> tuple[str, str]:
+    """x on equally spaced knots -> (m, s), both float and laid out like x: (in, batch)
+    if feature_major else (batch, in).
 
     Computed like the torch layer but in the centred coordinate: v = (x - t_0) / h
     - 1/2 clamped to [k, G + k] - 1/2 (the out-of-grid rule), m = round(v) in
@@ -211,8 +216,10 @@ def _uniform_location(g: GraphBuilder, x: str, layer: LayerArrays) -> tuple[str,
     knots32 = layer.knots.astype(np.float32)
     step = (knots32[:, grid + k] - knots32[:, k]) / np.float32(grid)
     centre_of_first = knots32[:, 0] + step / np.float32(2)
-    v = g.op("Sub", [x, g.const(centre_of_first[:, None], "origin")])
-    v = g.op("Div", [v, g.const(step[:, None], "step")], "v")
+    if feature_major:
+        step, centre_of_first = step[:, None], centre_of_first[:, None]
+    v = g.op("Sub", [x, g.const(centre_of_first, "origin")])
+    v = g.op("Div", [v, g.const(step, "step")], "v")
     v = g.op("Clip", [v, g.const(k - 0.5, "lo"), g.const(grid + k - 0.5, "hi")], "v")
     interval = g.op("Clip", [g.op("Round", [v]), g.const(k, "lo"), g.const(grid + k - 1, "hi")], "m")
     return interval, g.op("Sub", [v, interval], "s")
@@ -246,28 +253,33 @@ def _adaptive_location(g: GraphBuilder, x: str, layer: LayerArrays, feature_majo
     return interval, g.op("Mul", [g.op("Sub", [clamped, centre]), inv_width], "s")
 
 
-def _interval_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
-    """Rows (G * (k+1) * in, batch): row (m, p, i) is s_i^p where input i lies in
-    interval m, else 0."""
+def _interval_rows(g: GraphBuilder, x: str, layer: LayerArrays, batch_major: bool) -> str:
+    """Rows whose entry (m, p, i) is s_i^p where input i lies in interval m, else 0:
+    (batch, G * (k+1) * in) if batch_major else (G * (k+1) * in, batch)."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
-    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
+    if not batch_major:
+        x = g.op("Transpose", [x], "features", perm=[1, 0])                # (in, batch)
     if layer.uniform:
-        interval, s = _uniform_location(g, x, layer)
-        labels = g.const((np.arange(grid) + k)[:, None], "labels")
+        interval, s = _uniform_location(g, x, layer, feature_major=not batch_major)
+        labels = (np.arange(grid) + k).astype(np.float32)
     else:
-        interval, s = _adaptive_location(g, x, layer, feature_major=True)
-        labels = g.const(np.arange(grid)[:, None], "labels", np.int32)
-    flat = g.const([1, -1], "shape", np.int64)
-    s = g.op("Reshape", [s, flat])                                          # (1, in * batch)
-    onehot = g.op("Cast", [g.op("Equal", [g.op("Reshape", [interval, flat]), labels])], "onehot",
-                  to=TensorProto.FLOAT)                                     # (G, in * batch)
+        interval, s = _adaptive_location(g, x, layer, feature_major=not batch_major)
+        labels = np.arange(grid, dtype=np.int32)
+    if batch_major:   # (batch, 1, in) against (G, 1): rows (batch, G, k+1, in)
+        interval, s, axis = _unsqueeze(g, interval, 1), _unsqueeze(g, s, 1), 1
+    else:             # (1, in * batch) against (G, 1): rows (G, k+1, in * batch)
+        flat = g.const([1, -1], "shape", np.int64)
+        interval, s, axis = g.op("Reshape", [interval, flat]), g.op("Reshape", [s, flat]), 0
+    onehot = g.op("Cast", [g.op("Equal", [interval, g.const(labels[:, None], "labels", labels.dtype)])],
+                  "onehot", to=TensorProto.FLOAT)
     ones = g.op("Add", [g.op("Mul", [s, g.const(0.0, "zero")]), g.const(1.0, "one")])
     terms = [ones, s]
     for _ in range(k - 1):
         terms.append(g.op("Mul", [terms[-1], s]))
-    powers = g.op("Concat", terms, "powers", axis=0)                       # (k+1, in * batch)
-    rows = g.op("Mul", [_unsqueeze(g, onehot, 1), _unsqueeze(g, powers, 0)], "rows")
-    return g.op("Reshape", [rows, g.const([grid * (k + 1) * n_in, -1], "shape", np.int64)], "rows")
+    powers = g.op("Concat", terms, "powers", axis=axis)
+    rows = g.op("Mul", [_unsqueeze(g, onehot, axis + 1), _unsqueeze(g, powers, axis)], "rows")
+    shape = [-1, grid * (k + 1) * n_in] if batch_major else [grid * (k + 1) * n_in, -1]
+    return g.op("Reshape", [rows, g.const(shape, "shape", np.int64)], "rows")
 
 
 def _band_index(g: GraphBuilder, first: str, k: int, n_basis: int, columns_shape: tuple[int, ...]) -> str:
@@ -284,15 +296,26 @@ def _padded(matrix: np.ndarray) -> np.ndarray:
     return np.pad(matrix, [(0, 0)] * (matrix.ndim - 1) + [(1, 1)])
 
 
-def _uniform_basis_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
-    """Basis rows ((G + k) * in, batch) on equally spaced knots, feature-major with
-    (input, batch) flattened into one long axis."""
+def _uniform_basis_rows(g: GraphBuilder, x: str, layer: LayerArrays, batch_major: bool) -> str:
+    """Basis rows on equally spaced knots: (batch, (G + k) * in) if batch_major else
+    ((G + k) * in, batch), with (input, batch) flattened into one long axis."""
     k, grid, n_in = layer.k, layer.grid_size, layer.n_in
-    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
-    interval, s = _uniform_location(g, x, layer)
-    # padded values (k+3, in * batch) = M^T [s^1 .. s^k] + M[0]: one Gemm
     matrix = _padded(centred(uniform_basis(k)))                            # (k+1 powers, k+3)
-    powers = g.op("Reshape", [_powers(g, s, k), g.const([k, -1], "shape", np.int64)], "powers")
+    if batch_major:
+        interval, s = _uniform_location(g, x, layer, feature_major=False)  # (batch, in)
+        # padded values (batch, k+3, in) = M^T [s^1 .. s^k] + M[0]
+        powers = _powers(g, s, k, axis=1)                                  # (batch, k, in)
+        padded = g.op("Add", [g.op("MatMul", [g.const(matrix[1:].T, "basis_matrix"), powers]),
+                              g.const(matrix[:1].T, "basis_row0")], "padded")
+        first = _unsqueeze(g, g.op("Cast", [g.op("Sub", [interval, g.const(float(k), "k")])], "first",
+                                   to=TensorProto.INT32), 1)               # (batch, 1, in)
+        index = _band_index(g, first, k, grid + k, (1, -1, 1))             # (batch, G+k, in)
+        rows = g.op("GatherElements", [padded, index], "rows", axis=1)
+        return g.op("Reshape", [rows, g.const([-1, (grid + k) * n_in], "shape", np.int64)], "rows")
+    x = g.op("Transpose", [x], "features", perm=[1, 0])                    # (in, batch)
+    interval, s = _uniform_location(g, x, layer, feature_major=True)
+    # padded values (k+3, in * batch) = M^T [s^1 .. s^k] + M[0]: one Gemm
+    powers = g.op("Reshape", [_powers(g, s, k, axis=0), g.const([k, -1], "shape", np.int64)], "powers")
     padded = g.op("Gemm", [g.const(matrix[1:].T, "basis_matrix"), powers, g.const(matrix[:1].T, "basis_row0")],
                   "padded")
     first = g.op("Cast", [g.op("Sub", [interval, g.const(float(k), "k")])], "first", to=TensorProto.INT32)
@@ -324,13 +347,13 @@ def _adaptive_basis_rows(g: GraphBuilder, x: str, layer: LayerArrays) -> str:
     return g.op("Reshape", [rows, g.const([-1, (grid + k) * n_in], "shape", np.int64)], "rows")
 
 
-def _powers(g: GraphBuilder, s: str, k: int) -> str:
-    """s (in, batch) -> [s^1 .. s^k] (k, in, batch), by products (Pow is a slow libm call)."""
-    row = _unsqueeze(g, s, 0)
+def _powers(g: GraphBuilder, s: str, k: int, axis: int) -> str:
+    """s -> [s^1 .. s^k] stacked on a new axis, by products (Pow is a slow libm call)."""
+    row = _unsqueeze(g, s, axis)
     terms = [row]
     for _ in range(k - 1):
         terms.append(g.op("Mul", [terms[-1], row]))
-    return terms[0] if k == 1 else g.op("Concat", terms, "powers", axis=0)
+    return terms[0] if k == 1 else g.op("Concat", terms, "powers", axis=axis)
 
 
 def _unsqueeze(g: GraphBuilder, x: str, axis: int) -> str:
