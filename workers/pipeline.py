@@ -101,7 +101,7 @@ def _device(spec: JobSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def _resume_point(session_factory, claim: Claim, spec: JobSpec, reporter: ProgressReporter) -> Resume | None:
+def _resume_point(session_factory, claim: Claim, reporter: ProgressReporter) -> Resume | None:
     """The newest readable checkpoint of this job (a corrupt one is skipped, with a note)."""
     for checkpoint in checkpoints_newest_first(session_factory, claim.job_id):
         try:
@@ -118,7 +118,7 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
     device = _device(spec)
     with session_factory() as db:
         data = load_training_data(db, owner, spec)
-    resume = _resume_point(session_factory, claim, spec, reporter)
+    resume = _resume_point(session_factory, claim, reporter)
     if resume is None:
         model = kanmodel.KAN(width=spec.model.width, grid=spec.train.grid_schedule[0], k=spec.model.k,
                              seed=spec.model.seed, task=spec.task)
