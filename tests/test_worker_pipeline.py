@@ -175,14 +175,18 @@ def test_a_worker_that_lost_its_lease_cannot_write(api):
     assert job_row(api, job_id).claimed_by == "taker"
 
 
-def test_job_with_a_cuda_device_fails_clearly_on_a_cpu_worker(api):
+def test_cuda_jobs_train_on_the_gpu_or_fail_clearly_without_one(api):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the job would run")
     job_id = submit(api, {**SPEC, "device": "cuda"})
-    assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
-    assert "no CUDA device" in job_row(api, job_id).error
+    status = run_job(job_id, api.session_factory, api.settings, "w1")
+    if not torch.cuda.is_available():
+        assert status == "failed" and "no CUDA device" in job_row(api, job_id).error
+        return
+    assert status == "succeeded", job_row(api, job_id).error
+    version = api.client.get("/v1/models/hellokan/versions/1").json()
+    assert {"checkpoint", "onnx"} <= {a["kind"] for a in version["artifacts"]}
+    assert version["metrics"]["val_loss"] < 1.0
 
 
 def test_formula_search_past_its_time_budget_is_killed_and_the_model_still_registers(api):
