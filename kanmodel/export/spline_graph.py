@@ -20,9 +20,10 @@ plus base(x) @ (mask * base_weight)^T + bias, with the output standardisation
 folded into the last layer. `_features` picks the cheaper row per layer.
 
 Layouts are chosen for onnxruntime, which is several times slower on short
-contiguous runs (broadcasts, GatherElements): uniform and interval rows are
-built feature-major ((in, batch) flattened), adaptive basis rows batch-major
-((batch, rows, in): the gathered tables never repeat over the batch).
+contiguous runs (broadcasts, GatherElements): layers with few inputs build their
+rows feature-major ((rows, in * batch), then Gemm with transA), wide layers
+batch-major ((batch, rows, in), the faster untransposed Gemm); adaptive basis
+rows exist only batch-major (the gathered tables must not repeat over the batch).
 """
 
 from __future__ import annotations
