@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import re
 import time
 
@@ -55,6 +56,15 @@ def test_hellokan_job_events_model_formula_and_artifacts(production_stack):
             body = client.get(artifact["url"])
             assert body.status_code == 200 and hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
         assert client.get("/v1/models").json()["items"][0]["name"] == "hellokan"
+
+        # What the worker registered is what the gateway serves: both graphs answer like the target.
+        rows = [[0.1, 0.2], [-0.5, 0.7], [0.8, -0.3]]
+        truth = [math.exp(math.sin(math.pi * x0) + x1 ** 2) for x0, x1 in rows]
+        for engine in ("spline", "formula"):
+            predicted = client.post("/v1/models/hellokan/predict", json={"inputs": rows, "engine": engine})
+            assert predicted.status_code == 200, predicted.text
+            values = [row[0] for row in predicted.json()["outputs"]]
+            assert values == pytest.approx(truth, abs=0.5), engine
     # The worker sized torch's thread pool from its settings (1 core, concurrency 1), without spinning.
     assert "torch threads: 1 (OMP_WAIT_POLICY=PASSIVE)" in (stack.logs / "worker-1.log").read_text()
 
