@@ -126,8 +126,13 @@ class KANLayer(nn.Module):
     def _refit(self, x: torch.Tensor, knots: torch.Tensor, uniform: bool) -> None:
         targets = self.spline_values(x)
         inside = clamp_to_domain(x, knots, self.k)
-        # A new Parameter, not .data: autograd caches the old shape on the old leaf.
-        self.coef = nn.Parameter(fit_coefficients(inside, targets, knots, self.k, uniform))
+        coef = fit_coefficients(inside, targets, knots, self.k, uniform)
+        if coef.shape == self.coef.shape:
+            # In place: an optimizer holding this parameter keeps working.
+            self.coef.copy_(coef)
+        else:
+            # A new Parameter, not .data: autograd caches the old shape on the old leaf.
+            self.coef = nn.Parameter(coef)
         self.knots = knots
         self._coordinates_key = None
         self.uniform = uniform
