@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from service.api import datasets, health, jobs, models
 from service.api.body_limit import BodySizeLimit
 from service.api.errors import install_error_handlers
-from service.auth import ensure_keys
+from service.auth import ensure_keys, has_any_key
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
 from service.jobs.submission import CeleryJobQueue, JobQueue
@@ -29,8 +30,13 @@ def create_app(settings: Settings | None = None, job_queue: JobQueue | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        with app.state.session_factory() as db:
-            ensure_keys(db, settings.bootstrap_keys)
+        try:
+            with app.state.session_factory() as db:
+                has_any_key(db)  # fails fast on a missing schema, with or without bootstrap keys
+                ensure_keys(db, settings.bootstrap_keys)
+        except sa.exc.DBAPIError as exc:
+            raise RuntimeError(f"the database is unreachable or not migrated ({type(exc.orig).__name__}); run "
+                               "`kanserve db upgrade` (or start with `kanserve api --migrate`)") from exc
         async with serving_lifespan(app):
             yield
         engine.dispose()

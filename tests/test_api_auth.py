@@ -54,3 +54,14 @@ def test_bootstrap_keys_from_settings_work_and_own_their_jobs(tmp_path):
     with TestClient(create_app(settings)) as client:
         with client.app.state.session_factory() as db:
             assert db.scalar(sa.select(sa.func.count()).select_from(ApiKey)) == 2
+
+
+def test_an_unmigrated_database_stops_start_up_with_what_to_run(tmp_path):
+    import pytest
+
+    from service.config import Settings
+
+    app = create_app(Settings(data_dir=tmp_path, broker_url="memory://"))
+    with pytest.raises(RuntimeError, match="kanserve db upgrade"):
+        with TestClient(app):
+            pass
