@@ -153,6 +153,33 @@ def _general_local_basis(x: torch.Tensor, knots: torch.Tensor, k: int,
     return LocalBasis(values, interval - k, derivatives)
 
 
+def interval_polynomials(knots: torch.Tensor, k: int) -> torch.Tensor:
+    """Packed per-interval polynomials for any increasing knots: (rows, in * G).
+
+    On domain interval m of input i the non-zero functions B_{m}, .., B_{m+k} (in
+    0-based basis numbering) are polynomials in u = (x - start[i, m]) * inv_width[i, m]
+    in [0, 1]. Column i * G + m holds, in rows p * (k + 1) + r, the coefficient of u^p
+    in B_{m+r}; then one row with start and one with inv_width. Built once per knot
+    table from the de Boor values at k + 1 points inside each interval (an exact
+    interpolation: the pieces are degree-k polynomials).
+    """
+    grid_size = knots.shape[1] - 2 * k - 1
+    knots64 = knots.to(torch.float64)
+    inner = knots64[:, k: grid_size + k + 1]
+    start, width = inner[:, :-1], inner.diff(dim=1)                     # (in, G)
+    nodes = (torch.arange(k + 1, dtype=torch.float64, device=knots.device) + 0.5) / (k + 1)
+    points = start.unsqueeze(-1) + width.unsqueeze(-1) * nodes         # (in, G, k + 1)
+    n_in = knots.shape[0]
+    values = _general_local_basis(points.reshape(n_in, -1).t(), knots64, k, False).values
+    values = values.reshape(k + 1, grid_size, k + 1, n_in)              # (r, m, node, in)
+    powers = torch.arange(k + 1, dtype=torch.float64, device=knots.device)
+    inverse_vandermonde = torch.linalg.inv(nodes.unsqueeze(1) ** powers)  # (p, node)
+    coefficients = torch.einsum("pq,rmqi->prim", inverse_vandermonde, values)
+    table = torch.cat([coefficients.reshape((k + 1) ** 2, n_in * grid_size),
+                       start.reshape(1, -1), (1.0 / width).reshape(1, -1)])
+    return table.to(knots.dtype)
+
+
 def local_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool,
                 with_derivative: bool = False) -> LocalBasis:
     """Non-zero B-spline values at ``x`` (layout: see LocalBasis).

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanmodel.basis import clamp_to_domain, dense_basis, uniform_coordinates
+from kanmodel.basis import clamp_to_domain, dense_basis, interval_polynomials, uniform_coordinates
 from kanmodel.grid import data_knots, fit_coefficients, refined_knots, uniform_knots
 from kanmodel.spline_op import spline_matmul
 
@@ -48,7 +48,7 @@ class KANLayer(nn.Module):
         self.in_features, self.out_features, self.k, self.base = in_features, out_features, k, base
         self.base_fn = BASE_FUNCTIONS[base]
         self.uniform = True
-        self._coordinates_key = None
+        self._constants_key = None
         self.register_buffer("knots", uniform_knots(in_features, grid_size, k, *grid_range, dtype=dtype))
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=dtype))
         n_basis = grid_size + k
@@ -73,20 +73,21 @@ class KANLayer(nn.Module):
         scale = (self.spline_weight * self.mask).unsqueeze(-1)
         return (self.coef * scale).reshape(self.out_features, -1)
 
-    def _uniform_coordinates(self):
-        """basis.uniform_coordinates of the current knots, recomputed only when the knot
-        tensor changes (new tensor, in-place edit, dtype or device move)."""
+    def _grid_constants(self):
+        """What the spline op derives from the knots alone (see spline_matmul), recomputed
+        only when the knot tensor changes (new tensor, in-place edit, dtype or device)."""
         knots = self.knots
-        key = (knots.data_ptr(), knots._version, knots.dtype, knots.device, knots.shape)
-        if self._coordinates_key != key:
-            self._coordinates = uniform_coordinates(knots, self.k)
-            self._coordinates_key = key
-        return self._coordinates
+        key = (knots.data_ptr(), knots._version, knots.dtype, knots.device, knots.shape, self.uniform)
+        if self._constants_key != key:
+            self._constants = (uniform_coordinates(knots, self.k) if self.uniform
+                               else interval_polynomials(knots, self.k))
+            self._constants_key = key
+        return self._constants
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out)."""
-        coordinates = self._uniform_coordinates() if self.uniform else None
-        spline = spline_matmul(x, self.knots, self.folded_weight(), self.k, self.uniform, coordinates)
+        spline = spline_matmul(x, self.knots, self.folded_weight(), self.k, self.uniform,
+                               self._grid_constants())
         base = torch.addmm(self.bias, self.base_fn(x), (self.base_weight * self.mask).t())
         return base + spline
 
@@ -134,7 +135,7 @@ class KANLayer(nn.Module):
             # A new Parameter, not .data: autograd caches the old shape on the old leaf.
             self.coef = nn.Parameter(coef)
         self.knots = knots
-        self._coordinates_key = None
+        self._constants_key = None
         self.uniform = uniform
 
     def set_knots(self, knots: torch.Tensor, uniform: bool) -> None:
@@ -143,7 +144,7 @@ class KANLayer(nn.Module):
         if tuple(knots.shape) != expected:
             raise ValueError(f"knots must have shape {expected}, got {tuple(knots.shape)}")
         self.knots = knots
-        self._coordinates_key = None
+        self._constants_key = None
         self.uniform = uniform
 
     def extra_repr(self) -> str:

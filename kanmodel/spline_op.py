@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from kanmodel.basis import basis_rows, local_basis, uniform_coordinates, uniform_unit_basis
+from kanmodel.basis import basis_rows, interval_polynomials, uniform_coordinates, uniform_unit_basis
 
 
-def _uniform_basis(x, knots, k, grid_size, with_derivative, coordinates):
-    """-> (values, first index, d values / d knot coordinate, d coordinate / dx masked
-    to zero outside the domain)."""
-    offset, scale = coordinates if coordinates is not None else uniform_coordinates(knots, k)
+def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
+    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), first index
+    (batch, in), d values / d local coordinate, d coordinate / dx masked to zero
+    outside the domain)."""
+    offset, scale = constants if constants is not None else uniform_coordinates(knots, k)
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
@@ -26,12 +27,31 @@ def _uniform_basis(x, knots, k, grid_size, with_derivative, coordinates):
     return values, interval.long() - k, derivatives, chain
 
 
-def _general_basis(x, knots, k, grid_size, with_derivative, coordinates):
+def _general_basis(x, knots, k, grid_size, with_derivative, constants):
+    """Any increasing knots: locate the interval, gather its polynomials (see
+    basis.interval_polynomials) and evaluate them; same outputs as _uniform_basis."""
+    table = constants if constants is not None else interval_polynomials(knots, k)
+    batch, n_in = x.shape
     low, high = knots[:, k], knots[:, grid_size + k]
-    basis = local_basis(torch.clamp(x, low, high), knots, k, uniform=False,
-                        with_derivative=with_derivative)
-    chain = ((x >= low) & (x <= high)).to(x.dtype) if with_derivative else None
-    return basis.values, basis.first, basis.derivatives, chain
+    clamped = torch.clamp(x, low, high)
+    inner = knots[:, k: grid_size + k + 1].contiguous()
+    count = torch.searchsorted(inner, clamped.t().contiguous(), right=True).t()
+    interval = (count - 1).clamp_(0, grid_size - 1)
+    column = interval + torch.arange(n_in, device=x.device) * grid_size
+    gathered = table.index_select(1, column.reshape(-1)).view(-1, batch, n_in)
+    powers = gathered[: (k + 1) ** 2].view(k + 1, k + 1, batch, n_in)
+    start, inverse_width = gathered[-2], gathered[-1]
+    u = (clamped - start) * inverse_width
+    values = torch.addcmul(powers[k - 1], powers[k], u)
+    for p in range(k - 2, -1, -1):
+        values = torch.addcmul(powers[p], values, u)
+    derivatives = chain = None
+    if with_derivative:
+        derivatives = powers[k] * k
+        for p in range(k - 1, 0, -1):
+            derivatives = torch.add(derivatives * u, powers[p], alpha=p)
+        chain = ((x >= low) & (x <= high)) * inverse_width
+    return values, interval, derivatives, chain
 
 
 class SplineMatmul(torch.autograd.Function):
@@ -47,13 +67,13 @@ class SplineMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                k: int, uniform: bool, coordinates=None) -> torch.Tensor:
+                k: int, uniform: bool, constants=None) -> torch.Tensor:
         batch, n_in = x.shape
         grid_size = knots.shape[1] - 2 * k - 1
         n_basis = grid_size + k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
-        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, coordinates)
+        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
         # (k + 1, batch, in) planes, seen as (batch, in, k + 1) by scatter and gather.
         rows = basis_rows(first, k).permute(1, 2, 0)
         dense = x.new_zeros(batch, n_in, n_basis).scatter_(2, rows, values.permute(1, 2, 0))
@@ -77,7 +97,8 @@ class SplineMatmul(torch.autograd.Function):
 
 
 def spline_matmul(x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                  k: int, uniform: bool, coordinates=None) -> torch.Tensor:
-    """(batch, in) -> (batch, out); see SplineMatmul. coordinates: the (offset, scale)
-    of basis.uniform_coordinates(knots, k) when the caller has them cached."""
-    return SplineMatmul.apply(x, knots, weight, k, uniform, coordinates)
+                  k: int, uniform: bool, constants=None) -> torch.Tensor:
+    """(batch, in) -> (batch, out); see SplineMatmul. constants: what depends on the
+    knots only, when the caller has it cached: basis.uniform_coordinates(knots, k) for
+    uniform knots, basis.interval_polynomials(knots, k) otherwise."""
+    return SplineMatmul.apply(x, knots, weight, k, uniform, constants)

@@ -158,3 +158,19 @@ def test_forward_follows_every_change_of_the_knots():
     out = layer(x.double())
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_both_spline_op_paths_match_the_dense_basis(k):
+    from kanmodel.basis import dense_basis
+    from kanmodel.spline_op import spline_matmul
+
+    generator = torch.Generator().manual_seed(k)
+    samples = torch.randn(300, 3, generator=generator, dtype=torch.float64) ** 3
+    x = torch.randn(50, 3, generator=generator, dtype=torch.float64) * 3   # some outside
+    for knots, uniform in [(data_knots(samples, 6, k, grid_eps=1.0), True),
+                           (data_knots(samples, 6, k, grid_eps=0.02), False)]:
+        weight = torch.randn(2, 3 * (6 + k), generator=generator, dtype=torch.float64)
+        clamped = torch.clamp(x, knots[:, k], knots[:, 6 + k])
+        expected = dense_basis(clamped, knots, k, uniform).transpose(1, 2).reshape(50, -1) @ weight.t()
+        torch.testing.assert_close(spline_matmul(x, knots, weight, k, uniform), expected)
