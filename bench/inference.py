@@ -2,7 +2,8 @@
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/inference.py --write
 
-For each shape ([2,5,1], [6,8,4,1], [14,64,32,2], [784,64,10]; grid 5, k 3) and
+For each shape ([2,5,1], [6,8,4,1], [14,64,32,2], [784,64,10]; grid 5, k 3 unless
+--grid/-k say otherwise) and
 each grid kind (uniform knots, and adaptive knots after update_grid, what fit
 produces with the default grid_eps), it measures the median time per call at
 batch 1 and the throughput at batch 1024 of
@@ -42,7 +43,6 @@ from kanmodel.export import to_onnx  # noqa: E402
 DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Inference"
 SHAPES = ([2, 5, 1], [6, 8, 4, 1], [14, 64, 32, 2], [784, 64, 10])
-GRID, K = 5, 3
 BIG_BATCH = 1024
 
 
@@ -75,9 +75,9 @@ class FullBasisLayer(nn.Module):
         return F.linear(F.silu(x), self.base_weight) + F.linear(spline, self.spline_weight)
 
 
-def full_basis_onnx(width: list[int]) -> bytes:
+def full_basis_onnx(width: list[int], grid: int, k: int) -> bytes:
     generator = torch.Generator().manual_seed(0)
-    model = nn.Sequential(*[FullBasisLayer(a, b, GRID, K, generator) for a, b in zip(width[:-1], width[1:])])
+    model = nn.Sequential(*[FullBasisLayer(a, b, grid, k, generator) for a, b in zip(width[:-1], width[1:])])
     buffer = io.BytesIO()
     torch.onnx.export(model.eval(), (torch.zeros(2, width[0]),), buffer, dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["output"],
@@ -85,8 +85,8 @@ def full_basis_onnx(width: list[int]) -> bytes:
     return buffer.getvalue()
 
 
-def our_model(width: list[int], adaptive: bool, X: np.ndarray) -> kanmodel.KAN:
-    model = kanmodel.KAN(width, grid=GRID, k=K, grid_eps=0.02 if adaptive else 1.0, seed=0)
+def our_model(width: list[int], adaptive: bool, X: np.ndarray, grid: int, k: int) -> kanmodel.KAN:
+    model = kanmodel.KAN(width, grid=grid, k=k, grid_eps=0.02 if adaptive else 1.0, seed=0)
     model.set_standardisation(X)
     model.update_grid(X)
     return model.eval()
@@ -125,7 +125,7 @@ def best(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, 
     return b if a is None else (min(a[0], b[0]), max(a[1], b[1]))
 
 
-def run(budget_s: float, rounds: int) -> list[dict]:
+def run(budget_s: float, rounds: int, grid: int, k: int) -> list[dict]:
     """Each configuration is measured in `rounds` interleaved rounds and its best
     round is kept: on a shared machine a load spike then hits one round of one
     configuration instead of biasing a whole column."""
@@ -136,22 +136,22 @@ def run(budget_s: float, rounds: int) -> list[dict]:
         X = rng.normal(size=(4096, width[0])).astype(np.float32)
         one, big = X[:1].copy(), X[:BIG_BATCH].copy()
         one_t, big_t = torch.from_numpy(one), torch.from_numpy(big)
-        reference = session(full_basis_onnx(width))
-        models = {grid: our_model(width, grid == "adaptive", X) for grid in ("uniform", "adaptive")}
-        ours = {grid: session(to_onnx(model)) for grid, model in models.items()}
+        reference = session(full_basis_onnx(width, grid, k))
+        models = {kind: our_model(width, kind == "adaptive", X, grid, k) for kind in ("uniform", "adaptive")}
+        ours = {kind: session(to_onnx(model)) for kind, model in models.items()}
         results: dict[str, tuple[float, float] | None] = {"c": None}
         for _ in range(rounds):
             results["c"] = best(results["c"], measure(lambda: reference.run(None, {"input": one}),
                                                       lambda: reference.run(None, {"input": big}), budget_s))
-            for grid, model in models.items():
-                sess = ours[grid]
-                results["a" + grid] = best(results.get("a" + grid), measure(
+            for kind, model in models.items():
+                sess = ours[kind]
+                results["a" + kind] = best(results.get("a" + kind), measure(
                     lambda: sess.run(None, {"input": one}), lambda: sess.run(None, {"input": big}), budget_s))
                 with torch.inference_mode():
-                    results["b" + grid] = best(results.get("b" + grid), measure(
+                    results["b" + kind] = best(results.get("b" + kind), measure(
                         lambda: model(one_t), lambda: model(big_t), budget_s))
-        for grid in models:
-            row = {"width": width, "grid": grid, "a": results["a" + grid], "b": results["b" + grid],
+        for kind in models:
+            row = {"width": width, "grid": kind, "a": results["a" + kind], "b": results["b" + kind],
                    "c": results["c"]}
             rows.append(row)
             print(format_row(row), flush=True)
@@ -164,14 +164,14 @@ def format_row(row: dict) -> str:
             f"| {at:,.0f} | {bt:,.0f} | {ct:,.0f} | {at / ct:.1f}x |")
 
 
-def table(rows: list[dict], command: str) -> str:
+def table(rows: list[dict], command: str, grid: int, k: int) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
         SECTION, "",
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} shared CPU cores ({cpu}), torch {torch.__version__}, "
         f"onnxruntime {ort.__version__}; 1 thread each, OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}. Grid 5, k 3. Median per call, best of "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}. Grid {grid}, k {k}. Median per call, best of "
         "interleaved rounds (the machine is shared; single runs vary up to 2x).",
         "",
         "(a) onnxruntime on `kanmodel.export.to_onnx`, (b) torch eager `KAN.forward` under "
@@ -234,11 +234,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.2, help="seconds of timing per measurement and round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best is kept")
+    parser.add_argument("--grid", type=int, default=5, help="grid intervals G of every model")
+    parser.add_argument("-k", type=int, default=3, help="spline order k of every model")
     parser.add_argument("--write", action="store_true", help="write the table into docs/benchmarks.md")
     args = parser.parse_args()
-    rows = run(args.budget, args.rounds)
+    rows = run(args.budget, args.rounds, args.grid, args.k)
     command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/inference.py " + " ".join(sys.argv[1:])
-    text = table(rows, command.strip())
+    text = table(rows, command.strip(), args.grid, args.k)
     print(text)
     if args.write:
         write_section(text)
