@@ -4,8 +4,8 @@
 
 For each shape ([2,5,1], [6,8,4,1], [14,64,32,2], [784,64,10]; grid 5, k 3 unless
 --grid/-k say otherwise) and each grid kind (uniform knots, and adaptive knots
-after update_grid, what fit produces with the default grid_eps), it measures the median time per call at
-batch 1 and the throughput at batch 1024 of
+after update_grid, what fit produces with the default grid_eps), it measures the
+median time per call at batch 1 and the throughput at batch 1024 of
   (a) onnxruntime on kanmodel.export.to_onnx's graph,
   (b) torch eager forward of the same kanmodel.KAN under inference_mode,
   (c) onnxruntime on torch.onnx.export of a full-basis reference KAN (the
