@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from service.inference.lookup_cache import LookupCache
 from service.inference.session_cache import CacheKey, OnnxSessionCache
 from onnx_graphs import affine_model
 from serving_setup import serving_env
@@ -127,3 +128,18 @@ def test_app_start_warms_the_most_recently_registered_versions(tmp_path, monkeyp
         time.sleep(0.05)
         assert {ids[key.model_id] for key in runtime.cache.keys()} == expected
         assert runtime.cache.stats.hits == 0
+
+
+def test_lookup_cache_forgets_after_its_ttl_and_can_be_off():
+    memo = LookupCache(ttl_s=0.05)
+    memo.put("k", 1)
+    assert memo.get("k") == 1
+    time.sleep(0.06)
+    assert memo.get("k") is None
+    off = LookupCache(ttl_s=0)
+    off.put("k", 1)
+    assert off.get("k") is None
+    small = LookupCache(ttl_s=10, max_entries=2)
+    for i in range(3):
+        small.put(i, i)
+    assert small.get(2) == 2 and len([k for k in range(3) if small.get(k) is not None]) <= 2
