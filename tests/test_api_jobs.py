@@ -31,6 +31,14 @@ def test_submit_answers_202_with_links_and_enqueues_by_name(api):
     assert api.client.get(job["links"]["self"]).json()["spec"]["model"]["width"] == [2, 5, 1]
 
 
+def test_inline_data_is_not_echoed_back(api):
+    X = [[i / 100, (i % 7) / 7] for i in range(100)]
+    spec = {**FAST_SPEC, "data": {"inline": {"X": X, "y": [[sum(row)] for row in X], "feature_names": ["a", "b"]}}}
+    job = api.client.post("/v1/jobs", json=spec).json()
+    assert job["spec"]["data"] == {"inline": {"n_rows": 100, "n_inputs": 2, "n_outputs": 1, "feature_names": ["a", "b"]}}
+    assert api.client.get(f"/v1/jobs/{job['id']}").json()["spec"]["data"] == job["spec"]["data"]
+
+
 def test_cuda_jobs_go_to_the_gpu_queue(api):
     spec = {**FAST_SPEC, "device": "cuda"}
     assert api.client.post("/v1/jobs", json=spec).json()["queue"] == "gpu"

@@ -38,7 +38,17 @@ def job_out(job: Job, model: ModelVersion | None, with_spec: bool = False) -> Jo
                   progress=Progress.model_validate(job.progress or {}), error=job.error,
                   cancel_requested=job.cancel_requested, deliveries=job.deliveries, created_at=job.created_at,
                   started_at=job.started_at, finished_at=job.finished_at, updated_at=job.updated_at,
-                  model=model_ref, links=links, spec=job.spec if with_spec else None)
+                  model=model_ref, links=links, spec=spec_summary(job.spec) if with_spec else None)
+
+
+def spec_summary(spec: dict) -> dict:
+    """The stored spec, with inline arrays (possibly megabytes) replaced by their shapes."""
+    inline = spec.get("data", {}).get("inline")
+    if inline is None:
+        return spec
+    shapes = {"n_rows": len(inline["X"]), "n_inputs": len(inline["X"][0]), "n_outputs": len(inline["y"][0])}
+    names = {key: inline[key] for key in ("feature_names", "target_names") if inline.get(key)}
+    return {**spec, "data": {"inline": {**shapes, **names}}}
 
 
 def _model_of(db: Session, job: Job) -> ModelVersion | None:
