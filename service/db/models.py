@@ -74,7 +74,7 @@ class Job(Base):
     owner_key_id: Mapped[str] = mapped_column(sa.ForeignKey("api_keys.id"), index=True)
     name: Mapped[str] = mapped_column(sa.String(100))
     status: Mapped[str] = mapped_column(sa.String(16), default="queued", index=True)
-    spec: Mapped[dict[str, Any]]
+    spec: Mapped[dict[str, Any]] = mapped_column(deferred=True)  # may hold inline arrays
     spec_sha256: Mapped[str] = mapped_column(sa.String(64))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), default=None)
     queue: Mapped[str] = mapped_column(sa.String(32))
