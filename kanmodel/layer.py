@@ -9,7 +9,7 @@ from torch import nn
 
 from kanmodel.basis import clamp_to_domain, dense_basis, interval_polynomials, uniform_coordinates
 from kanmodel.grid import data_knots, fit_coefficients, refined_knots, uniform_knots
-from kanmodel.spline_op import spline_matmul
+from kanmodel.spline_op import kan_layer
 
 BASE_FUNCTIONS = {
     "silu": F.silu,
@@ -67,14 +67,8 @@ class KANLayer(nn.Module):
     def grid_size(self) -> int:
         return self.knots.shape[1] - 2 * self.k - 1
 
-    def folded_weight(self) -> torch.Tensor:
-        """(out, in * (G + k)): coef scaled by spline_weight and mask, column
-        i * (G + k) + j for basis function j of input i (the spline op's layout)."""
-        scale = (self.spline_weight * self.mask).unsqueeze(-1)
-        return (self.coef * scale).reshape(self.out_features, -1)
-
     def _grid_constants(self):
-        """What the spline op derives from the knots alone (see spline_matmul), recomputed
+        """What the layer op derives from the knots alone (see spline_op.kan_layer), recomputed
         only when the knot tensor changes (new tensor, in-place edit, dtype or device)."""
         knots = self.knots
         key = (knots.data_ptr(), knots._version, knots.dtype, knots.device, knots.shape, self.uniform)
@@ -86,10 +80,8 @@ class KANLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out)."""
-        spline = spline_matmul(x, self.knots, self.folded_weight(), self.k, self.uniform,
-                               self._grid_constants())
-        base = torch.addmm(self.bias, self.base_fn(x), (self.base_weight * self.mask).t())
-        return base + spline
+        return kan_layer(x, self.coef, self.spline_weight, self.base_weight, self.bias, self.mask,
+                         self.knots, self.k, self.uniform, self.base, self._grid_constants())
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out, in): sum_b coef[j, i, b] B_b(clamp(x_i)), no weights."""

@@ -1,12 +1,14 @@
-"""The spline term of a KAN layer as one autograd function.
+"""A whole KAN layer as one autograd function.
 
 Forward: evaluate the k + 1 non-zero basis values per input, scatter them into the
 dense basis matrix (batch, in * (G + k)) and multiply once by the folded weights
-(out, in * (G + k)). The basis values are computed as (k + 1, batch, in) planes so
-every elementwise step runs over contiguous memory. Backward: the weight gradient is ``dense^T @ grad_out``; the
-input gradient needs only the k + 1 basis derivatives gathered against
-``grad_out @ weight^T``, so no Cox-de Boor table and no autograd graph of the basis
-is ever kept.
+(out, in * (G + k)) = coef * spline_weight * mask, plus the base matmul and bias.
+The basis values are computed as (k + 1, batch, in) planes so every elementwise
+step runs over contiguous memory. Backward: the weight gradient is
+``grad_out^T @ dense``; the input gradient needs only the k + 1 basis derivatives
+gathered against ``grad_out @ weight``, so no Cox-de Boor table and no autograd graph
+of the basis is ever kept. One autograd node per layer also keeps the per-call
+overhead low for small layers.
 """
 from __future__ import annotations
 
@@ -54,23 +56,34 @@ def _general_basis(x, knots, k, grid_size, with_derivative, constants):
     return values, interval, derivatives, chain
 
 
-class SplineMatmul(torch.autograd.Function):
-    """spline(x) = dense_basis(clamp(x)) @ weight.
+def _base_terms(x: torch.Tensor, base: str):
+    """-> (base(x), d base / dx or None for identity); base is 'silu' or 'identity'."""
+    if base == "identity":
+        return x, None
+    sigmoid = torch.sigmoid(x)
+    activated = x * sigmoid
+    # silu'(x) = s + x s (1 - s) = s (1 + x (1 - s))
+    return activated, sigmoid * (1 + x * (1 - sigmoid))
 
-    x: (batch, in); knots: (in, G + 2k + 1); weight: (out, in * (G + k)), column
-    i * (G + k) + j for basis function j of input i. (This orientation, and grad_out^T @ dense rather
-    than dense^T @ grad_out, keeps every matmul on the fast BLAS path: the other
+
+class KANLayerFunction(torch.autograd.Function):
+    """y = base(x) @ (base_weight * mask)^T + bias + dense_basis(clamp(x)) @ weight^T,
+    weight = (coef * (spline_weight * mask)[..., None]).view(out, in * (G + k)).
+
+    x: (batch, in); coef: (out, in, G + k); spline_weight, base_weight, mask: (out, in);
+    bias: (out,); knots: (in, G + 2k + 1); base: 'silu', 'identity' or 'zero'.
+    (The matmuls use grad_out^T @ dense and a row-major (out, ...) weight: the other
     orientations measured 5-9x slower for thin outputs.)
-    Inputs outside [t_k, t_{G+k}] are clamped, so their gradient is zero there
-    (on the boundary itself the inside derivative is used).
+    Inputs outside [t_k, t_{G+k}] are clamped for the spline term, so its gradient is
+    zero there (on the boundary itself the inside derivative is used).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                k: int, uniform: bool, constants=None) -> torch.Tensor:
+    def forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots,
+                k: int, uniform: bool, base: str, constants=None):
         batch, n_in = x.shape
-        grid_size = knots.shape[1] - 2 * k - 1
-        n_basis = grid_size + k
+        n_out, _, n_basis = coef.shape
+        grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
         values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
@@ -80,25 +93,50 @@ class SplineMatmul(torch.autograd.Function):
         if derivatives is not None:
             derivatives = derivatives.permute(1, 2, 0)
         dense = dense.view(batch, n_in * n_basis)
-        ctx.save_for_backward(dense, rows, derivatives, chain, weight)
+        scale = spline_weight * mask
+        weight = (coef * scale.unsqueeze(-1)).view(n_out, -1)
+        activated = base_slope = base_matrix = None
+        if base == "zero":
+            out = torch.addmm(bias, dense, weight.t())
+        else:
+            activated, base_slope = _base_terms(x, base)
+            base_matrix = base_weight * mask
+            out = torch.addmm(bias, activated, base_matrix.t()).addmm_(dense, weight.t())
+        ctx.save_for_backward(dense, rows, derivatives, chain, weight, coef, scale, mask,
+                              activated, base_slope, base_matrix)
         ctx.shape = (batch, n_in, n_basis)
-        return dense @ weight.t()
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        dense, rows, derivatives, chain, weight = ctx.saved_tensors
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
+    def backward(ctx, grad_out):
+        (dense, rows, derivatives, chain, weight, coef, scale, mask,
+         activated, base_slope, base_matrix) = ctx.saved_tensors
+        need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
+        grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
+        if need_x:
             grad_dense = (grad_out @ weight).view(ctx.shape)
             grad_x = (grad_dense.gather(2, rows) * derivatives).sum(2) * chain
-        if ctx.needs_input_grad[2]:
-            grad_weight = grad_out.t() @ dense
-        return grad_x, None, grad_weight, None, None, None
+            if base_matrix is not None:
+                grad_base = grad_out @ base_matrix
+                grad_x = grad_x + (grad_base * base_slope if base_slope is not None else grad_base)
+        if need_coef or need_spline_weight:
+            grad_weight = (grad_out.t() @ dense).view(coef.shape)
+            if need_coef:
+                grad_coef = grad_weight * scale.unsqueeze(-1)
+            if need_spline_weight:
+                grad_spline_weight = (grad_weight * coef).sum(-1) * mask
+        if need_base_weight and activated is not None:
+            grad_base_weight = (grad_out.t() @ activated) * mask
+        if need_bias:
+            grad_bias = grad_out.sum(0)
+        return (grad_x, grad_coef, grad_spline_weight, grad_base_weight, grad_bias,
+                None, None, None, None, None, None)
 
 
-def spline_matmul(x: torch.Tensor, knots: torch.Tensor, weight: torch.Tensor,
-                  k: int, uniform: bool, constants=None) -> torch.Tensor:
-    """(batch, in) -> (batch, out); see SplineMatmul. constants: what depends on the
+def kan_layer(x, coef, spline_weight, base_weight, bias, mask, knots, k: int, uniform: bool,
+              base: str, constants=None) -> torch.Tensor:
+    """(batch, in) -> (batch, out); see KANLayerFunction. constants: what depends on the
     knots only, when the caller has it cached: basis.uniform_coordinates(knots, k) for
     uniform knots, basis.interval_polynomials(knots, k) otherwise."""
-    return SplineMatmul.apply(x, knots, weight, k, uniform, constants)
+    return KANLayerFunction.apply(x, coef, spline_weight, base_weight, bias, mask, knots,
+                                  k, uniform, base, constants)

@@ -161,16 +161,34 @@ def test_forward_follows_every_change_of_the_knots():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
-def test_both_spline_op_paths_match_the_dense_basis(k):
+def test_both_basis_paths_of_the_layer_match_the_dense_basis(k):
     from kanmodel.basis import dense_basis
-    from kanmodel.spline_op import spline_matmul
 
     generator = torch.Generator().manual_seed(k)
     samples = torch.randn(300, 3, generator=generator, dtype=torch.float64) ** 3
     x = torch.randn(50, 3, generator=generator, dtype=torch.float64) * 3   # some outside
-    for knots, uniform in [(data_knots(samples, 6, k, grid_eps=1.0), True),
-                           (data_knots(samples, 6, k, grid_eps=0.02), False)]:
-        weight = torch.randn(2, 3 * (6 + k), generator=generator, dtype=torch.float64)
-        clamped = torch.clamp(x, knots[:, k], knots[:, 6 + k])
-        expected = dense_basis(clamped, knots, k, uniform).transpose(1, 2).reshape(50, -1) @ weight.t()
-        torch.testing.assert_close(spline_matmul(x, knots, weight, k, uniform), expected)
+    for grid_eps, uniform in [(1.0, True), (0.02, False)]:
+        layer = KANLayer(3, 2, grid_size=6, k=k, base="zero", dtype=torch.float64, generator=generator)
+        with torch.no_grad():
+            layer.coef.normal_(generator=generator)
+            layer.bias.normal_(generator=generator)
+        layer.set_knots(data_knots(samples, 6, k, grid_eps), uniform)
+        clamped = torch.clamp(x, layer.knots[:, k], layer.knots[:, 6 + k])
+        basis = dense_basis(clamped, layer.knots, k, uniform)           # (batch, G + k, in)
+        weight = layer.coef * layer.spline_weight.unsqueeze(-1)
+        expected = torch.einsum("bni,oin->bo", basis, weight) + layer.bias
+        torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("base", ["silu", "identity", "zero"])
+def test_gradcheck_every_base_function(base):
+    generator = torch.Generator().manual_seed(0)
+    layer = KANLayer(2, 3, grid_size=3, k=2, base=base, dtype=torch.float64, generator=generator)
+    x = points_avoiding_the_domain_edges(layer, 6).requires_grad_()
+    names = ["coef", "base_weight", "spline_weight", "bias"]
+    params = [getattr(layer, n).detach().clone().requires_grad_() for n in names]
+
+    def run(x, *values):
+        return functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *params))
