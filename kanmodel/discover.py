@@ -12,6 +12,12 @@ The recipe (every option below has this default; nothing is tuned per data set):
       layers), then LBFGS through the remaining grids;
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
+   c. after the first three shapes (single-output regression with several inputs):
+      a separability step. The most accurate model so far is the oracle for
+      AI-Feynman-style tests: is f a sum or a product (up to an additive constant)
+      of a function of one variable and a function of the rest? Split recursively
+      down to 1-D slices of the model, fit each slice with the library, refit all
+      constants of the resulting formula on the training rows (`symbolic.separable`).
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
    std(y) <= `exact_tolerance`), or when the next attempt would not fit in
    `time_budget` seconds (judged by the longest attempt so far); keep the attempt
@@ -29,6 +35,8 @@ from kanmodel.model import KAN
 from kanmodel.pruning import DEFAULT_THRESHOLD, prune
 from kanmodel.symbolic.auto import auto_symbolic, make_symbols
 from kanmodel.symbolic.formula import Formula, r2_score, rmse
+from kanmodel.symbolic.rounding import tidy
+from kanmodel.symbolic.separable import separable_formula
 from kanmodel.symbolic.spaces import Space
 from kanmodel.training import TrainingDiverged, fit
 
@@ -53,6 +61,11 @@ DEFAULTS = {
 
 def default_widths(n_in: int, n_out: int) -> list[list[int]]:
     return [[n_in, n_out], [n_in, 1, n_out], [n_in, 2, n_out], [n_in, 2, 1, n_out], [n_in, 3, n_out]]
+
+
+# In the plan, the separability step comes after this many shapes (it needs a good model).
+SEPARABLE_AFTER = 3
+SEPARABLE = "separable"
 
 
 @dataclass
@@ -132,7 +145,43 @@ def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
                              alternatives=2 if task == "regression" else 0)
     return {"model": model, "history": history, "formulas": formulas, "space": space_name,
             "width": list(model.width), "trained_width": list(width),
-            "seconds": time.monotonic() - started}
+            "seconds": time.monotonic() - started,
+            "spline_error": _spline_error(model, space, X_val, y_val) if task == "regression" else None}
+
+
+def _spline_error(model: KAN, space: Space, X_val, y_val) -> float:
+    """Worst relative held-out RMSE of the model over its outputs."""
+    pred = _logits(model, space.inputs(X_val))
+    if space.name == "log":
+        pred = np.exp(pred)
+    return max(rmse(pred[:, o], y_val[:, o]) / max(float(y_val[:, o].std()), 1e-300)
+               for o in range(y_val.shape[1]))
+
+
+def _separable_attempt(oracle_attempt, X_tr, y_tr, X_val, y_val, opts, deadline):
+    """Split the function into sums and products of 1-D functions, with the most
+    accurate model so far as the oracle (`symbolic.separable`)."""
+    started = time.monotonic()
+    model, space = oracle_attempt["model"], Space(oracle_attempt["space"])
+
+    @torch.no_grad()
+    def predict(X: np.ndarray) -> np.ndarray:
+        out = _logits(model, space.inputs(X))[:, 0]
+        return np.exp(out) if space.name == "log" else out
+
+    # a split passes when it holds to well within the oracle's own error
+    tolerance = float(np.clip(20 * oracle_attempt["spline_error"], 1e-3, 5e-2))
+    symbols = make_symbols(opts["variables"], X_tr)
+    found = separable_formula(predict, X_tr, y_tr[:, 0], symbols, tolerance, opts["library"],
+                              deadline=deadline)
+    if found is None:
+        return None
+    expr = tidy(found[0], symbols, X_tr, y_tr[:, 0])
+    formula = Formula(expr, [s.name for s in symbols], symbols=symbols, output="y")
+    formula.score(X_val, y_val[:, 0])
+    formula.spline_rmse = oracle_attempt["formulas"][0].spline_rmse
+    return {**oracle_attempt, "formulas": [formula], "seconds": time.monotonic() - started,
+            "kind": SEPARABLE}
 
 
 @torch.no_grad()
@@ -197,20 +246,35 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
             if Space.allows(s, X, y if task == "regression" else None)]
     if not plan:
         raise ValueError(f"discover: no (width, space) to try with spaces={opts['spaces']}")
+    if task == "regression" and n_out == 1 and X.shape[1] > 1 and opts["widths"] is None:
+        position = sum(1 for w, _ in plan if widths.index(w) < SEPARABLE_AFTER)
+        plan.insert(position, (None, SEPARABLE))
 
-    best, summaries, longest = None, [], 0.0
+    best, summaries, longest, trained = None, [], 0.0, []
     for width, space_name in plan:
         # an attempt is only started when one as long as the longest so far still fits
         if best is not None and time.monotonic() + longest > deadline:
             break
-        try:
-            attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline)
-        except TrainingDiverged as error:
-            summaries.append({"width": width, "space": space_name, "error": str(error)})
-            continue
+        if space_name == SEPARABLE:
+            if not trained:
+                continue
+            oracle = min(trained, key=lambda a: a["spline_error"])
+            attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, opts, deadline)
+            if attempt is None:
+                summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
+                                  "result": "no split within tolerance"})
+                continue
+        else:
+            try:
+                attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline)
+            except TrainingDiverged as error:
+                summaries.append({"width": width, "space": space_name, "error": str(error)})
+                continue
+            trained.append(attempt)
         longest = max(longest, attempt["seconds"])
         attempt["score"] = _score(attempt, X_val, y_val, task)
-        summaries.append({"width": attempt["width"], "trained_width": width, "space": space_name,
+        summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
+                          "trained_width": attempt["trained_width"], "space": attempt["space"],
                           "score": attempt["score"], "seconds": round(attempt["seconds"], 2),
                           "formulas": [f.text for f in attempt["formulas"]]})
         if best is None or attempt["score"] < best["score"]:
@@ -221,6 +285,7 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
         raise TrainingDiverged("discover: every attempt diverged: " + "; ".join(s["error"] for s in summaries))
 
     metrics = _metrics(best, X_val, y_val, task)
+    metrics["method"] = best.get("kind", "network")
     metrics["seconds"] = time.monotonic() - started
     metrics["attempts"] = len(summaries)
     return Discovery(best["model"], best["formulas"], metrics, best["history"], best["space"], summaries)

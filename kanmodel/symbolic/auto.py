@@ -8,6 +8,7 @@
 3. All constants of each output's expression are refitted in float64 against the
    data. While the formula is not exact, the least certain edges try their next
    candidates, each followed by a refit, and a swap is kept when it lowers the error.
+   The result is refitted once more in expanded form (`refit.polish`).
 4. The result is tidied (expanded, nice constants, simplified; each step checked on
    the data) and scored on held-out data.
 """
@@ -23,7 +24,7 @@ import torch
 from .compose import SymbolicLayer, compose, substitute
 from .edge_fit import EdgeFit, fit_edge
 from .formula import Formula, rmse
-from .refit import refit_constants
+from .refit import polish, refit_constants
 from .rounding import tidy
 from .spaces import Space
 
@@ -34,7 +35,7 @@ EXACT = 1e-9
 # (relative RMSE on the fit data): a poor model has no exact formula to find.
 ALTERNATIVES_WHEN_SPLINE_BELOW = 2e-3
 # Seconds one output's alternative search may take at most.
-MAX_SEARCH_SECONDS = 40.0
+MAX_SEARCH_SECONDS = 20.0
 MAX_REFIT_ROWS = 2000
 
 
@@ -211,6 +212,7 @@ def auto_symbolic(model, X, y, library: list[str] | None = None, variables: list
     for o in range(n_out):
         yf = y[rows, o]
         expr, edge_functions = _Search(model, candidates, symbols, space_, Xf, yf, o, deadline).run(alternatives)
+        expr, _ = polish(expr, symbols, Xf, yf)
         expr = tidy(expr, symbols, Xf, yf)
         formula = Formula(expr, names, symbols=symbols, output=f"y{o}" if n_out > 1 else "y",
                           edge_functions=edge_functions)

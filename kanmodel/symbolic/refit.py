@@ -68,3 +68,39 @@ def refit_constants(expr: sympy.Expr, values: dict, symbols: list[sympy.Symbol],
     new = dict(values)
     new.update({s: float(v) for s, v in zip(free, sol.x)})
     return new, new_err
+
+
+def polish(expr: sympy.Expr, symbols: list[sympy.Symbol], X: np.ndarray, y: np.ndarray,
+           max_ops: int = 400) -> tuple[sympy.Expr, float]:
+    """Refit a numeric formula once more in its expanded form.
+
+    The composed formula carries many redundant constants (every edge's c and d, every
+    node's scale); expanding multiplies them into single numbers, and a refit of those
+    few numbers is well conditioned where the redundant one stalls. Every float of
+    the expanded form becomes a parameter. Returns (expression, RMSE); the input is
+    returned unchanged when expansion blows it up or the refit does not help.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    before = rmse(_predict(expr, symbols, X, len(y)), y)
+    try:
+        expanded = sympy.expand(expr)
+    except (RecursionError, MemoryError):
+        return expr, before
+    if sympy.count_ops(expanded) > max_ops:
+        return expr, before
+    floats = sorted(expanded.atoms(sympy.Float), key=float)
+    if not floats:
+        return expr, before
+    params = {f: sympy.Symbol(f"r{k}", real=True) for k, f in enumerate(floats)}
+    template = expanded.xreplace(params)
+    values, after = refit_constants(template, {params[f]: float(f) for f in floats}, symbols, X, y)
+    if not after < before:
+        return expr, before
+    return template.xreplace({s: sympy.Float(v) for s, v in values.items()}), after
+
+
+def _predict(expr, symbols, X, n):
+    f = sympy.lambdify(list(symbols), expr, modules="numpy")
+    with np.errstate(all="ignore"):
+        return np.broadcast_to(np.asarray(f(*X.T), dtype=np.float64), (n,))
