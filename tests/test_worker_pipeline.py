@@ -167,7 +167,7 @@ def test_a_worker_that_lost_its_lease_cannot_write(api):
     expire_lease(api, job_id)
     assert requeue_stale(api.session_factory) == [(job_id, "train")]
     assert job_row(api, job_id).status == "queued"
-    assert requeue_stale(api.session_factory) == []  # queued jobs are not touched again
+    assert requeue_stale(api.session_factory) == []  # a re-queued job is not sent twice
     taker = claim_job(api.session_factory, job_id, "taker", lease_seconds=5)
     assert taker is not None and taker.deliveries == 2
     with api.session_factory() as db, pytest.raises(LeaseLost):
@@ -258,3 +258,30 @@ def test_classification_job_from_inline_data(api):
     assert "onnx" in {artifact["kind"] for artifact in version["artifacts"]}
     assert version["metrics"]["val_loss"] < np.log(2)  # better than guessing
     assert [note for note in version["metrics"]["notes"] if "regression only" not in note] == []  # pruned fine
+
+
+def test_worker_shutdown_hands_the_job_back_and_it_resumes_later(api):
+    spec = {**SPEC, "train": {"optimizer": "adam", "grid_schedule": [3, 5], "steps_per_grid": 150}}
+    job_id = submit(api, spec)
+    shutdown = threading.Event()
+
+    def stop_after_first_stage():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and count(api, Checkpoint, job_id=job_id) == 0:
+            time.sleep(0.01)
+        shutdown.set()
+
+    stopper = threading.Thread(target=stop_after_first_stage)
+    stopper.start()
+    assert run_job(job_id, api.session_factory, api.settings, "w1", shutdown) == "queued"
+    stopper.join()
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["progress"]["phase"] == "queued"
+    assert any("shut down" in note for note in job["progress"]["notes"])
+    # No lease to wait for: the next sweep re-sends it at once, once only.
+    assert requeue_stale(api.session_factory) == [(job_id, "train")]
+    assert requeue_stale(api.session_factory) == []
+    assert run_job(job_id, api.session_factory, api.settings, "w2") == "succeeded"
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["deliveries"] == 2 and job["progress"]["resumed_from_stage"] == 1
+    assert count(api, ModelVersion, job_id=job_id) == 1

@@ -70,24 +70,32 @@ def finish(session_factory: sessionmaker[Session], claim: Claim, status: str, er
         db.commit()
 
 
-def requeue_stale(session_factory: sessionmaker[Session], limit: int = 100) -> list[tuple[str, str]]:
-    """Puts running jobs whose lease expired back to queued; returns their (id, queue) to re-send.
+def release(session_factory: sessionmaker[Session], claim: Claim, progress: dict) -> None:
+    """Hands a running job back (its worker is stopping): queued, with a lease time that
+    marks it for the next stale-job sweep to re-send."""
+    with session_factory() as db:
+        guarded_update(db, claim, status="queued", claim_token=None, claimed_by=None, lease_expires_at=utcnow(),
+                       progress=progress)
+        db.commit()
 
-    A worker killed mid-job leaves its job running with a lease nobody renews. The
-    broker would redeliver the message only after its visibility timeout (hours, so
-    that long jobs are not delivered twice); this makes the job runnable again within
-    a lease.
+
+def requeue_stale(session_factory: sessionmaker[Session], limit: int = 100) -> list[tuple[str, str]]:
+    """Makes jobs whose worker is gone runnable again; returns their (id, queue) to re-send.
+
+    Two kinds: running jobs whose lease expired (a worker killed mid-job leaves its job
+    running with a lease nobody renews; the broker would redeliver the message only after
+    its visibility timeout, hours, so that long jobs are not delivered twice), and queued
+    jobs a stopping worker handed back (queued with a lease time).
     """
     now = utcnow()
+    lapsed = sa.and_(Job.lease_expires_at < now, Job.status.in_(("running", "queued")))
     requeued = []
     with session_factory() as db:
-        stale = db.execute(
-            sa.select(Job.id, Job.queue).where(Job.status == "running", Job.lease_expires_at < now).limit(limit)
-        ).all()
+        stale = db.execute(sa.select(Job.id, Job.queue).where(lapsed).limit(limit)).all()
         for job_id, queue in stale:
             result = db.execute(
-                sa.update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-                .values(status="queued", claim_token=None, claimed_by=None, updated_at=now)
+                sa.update(Job).where(Job.id == job_id, lapsed)
+                .values(status="queued", claim_token=None, claimed_by=None, lease_expires_at=None, updated_at=now)
             )
             if result.rowcount == 1:
                 requeued.append((job_id, queue))

@@ -17,13 +17,15 @@ log = logging.getLogger(__name__)
 
 
 class JobMonitor:
-    """``stop_reason`` becomes "cancelled", "timeout" or "lease_lost"; training polls it every step."""
+    """``stop_reason`` becomes "cancelled", "timeout", "lease_lost" or "shutdown" (the worker
+    process is stopping: ``shutdown`` was set); training polls it every step."""
 
     def __init__(self, session_factory: sessionmaker[Session], claim: Claim, lease_seconds: float,
-                 poll_seconds: float, max_seconds: float):
+                 poll_seconds: float, max_seconds: float, shutdown: threading.Event | None = None):
         self.session_factory, self.claim = session_factory, claim
         self.lease_seconds, self.poll_seconds, self.max_seconds = lease_seconds, poll_seconds, max_seconds
         self.stop_reason: str | None = None
+        self.shutdown = shutdown or threading.Event()
         self._started = time.monotonic()
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"job-monitor-{claim.job_id}", daemon=True)
@@ -38,6 +40,8 @@ class JobMonitor:
 
     @property
     def should_stop(self) -> bool:
+        if self.stop_reason is None and self.shutdown.is_set():
+            self.stop_reason = "shutdown"
         return self.stop_reason is not None
 
     def _run(self) -> None:

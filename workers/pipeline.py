@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from service.datasets.formula_data import DataError
 from service.db.models import Job
 from service.schemas.jobspec import JobSpec
 from workers.checkpoints import checkpoints_newest_first, save_checkpoint
-from workers.claim import Claim, LeaseLost, claim_job, finish
+from workers.claim import Claim, LeaseLost, claim_job, finish, release
 from workers.monitor import JobMonitor
 from workers.outputs import OutputBuilder
 from workers.progress import ProgressReporter
@@ -46,9 +47,11 @@ class Resume:
     history: list[dict]
 
 
-def run_job(job_id: str, session_factory: sessionmaker[Session], settings: Settings, worker_name: str) -> str | None:
-    """Runs the job if it can be claimed; returns its final status, or None when another
-    worker holds it (or took it over from this one)."""
+def run_job(job_id: str, session_factory: sessionmaker[Session], settings: Settings, worker_name: str,
+            shutdown: threading.Event | None = None) -> str | None:
+    """Runs the job if it can be claimed; returns its final status, "queued" when the
+    worker is shutting down (``shutdown`` set: the job is handed back, to resume from its
+    checkpoint), or None when another worker holds it (or took it over from this one)."""
     claim = claim_job(session_factory, job_id, worker_name, settings.job_lease_seconds)
     if claim is None:
         log.info("job %s: not claimable (finished, or running under a live lease)", job_id)
@@ -65,7 +68,7 @@ def run_job(job_id: str, session_factory: sessionmaker[Session], settings: Setti
             f"memory, or crashed); it is not retried again. Try a smaller model or dataset."))
         return "failed"
     monitor = JobMonitor(session_factory, claim, settings.job_lease_seconds, settings.cancel_poll_seconds,
-                         settings.max_job_seconds)
+                         settings.max_job_seconds, shutdown)
     reporter = ProgressReporter(session_factory, claim, monitor, settings.progress_interval_seconds,
                                 {**progress, "notes": []}, history=[])
     try:
@@ -162,6 +165,10 @@ def _honour_stop(claim: Claim, session_factory, settings: Settings, monitor: Job
     if monitor.stop_reason == "cancelled":
         finish(session_factory, claim, "cancelled", progress={**reporter.progress, "phase": "done"})
         return "cancelled"
+    if monitor.stop_reason == "shutdown":
+        reporter.note("the worker shut down mid-job; the job was re-queued and resumes from its last checkpoint")
+        release(session_factory, claim, progress={**reporter.progress, "phase": "queued"})
+        return "queued"
     if monitor.stop_reason is not None:
         raise JobFailed(STOP_MESSAGES[monitor.stop_reason].format(max_seconds=settings.max_job_seconds))
     return None

@@ -8,6 +8,7 @@ import threading
 
 import torch
 from celery import signals
+from celery.exceptions import Reject
 
 from service.config import get_settings
 from service.db.session import make_engine, make_session_factory
@@ -36,17 +37,35 @@ signals.worker_init.connect(_set_threads, weak=False)
 signals.worker_process_init.connect(_set_threads, weak=False)
 
 
+# Set when the worker is asked to stop (SIGTERM: docker stop, Ctrl-C of `kanserve up`): the
+# running job stops at its next step and goes back to the queue instead of holding the
+# shutdown until it finishes. (With the default solo pool the job runs in this process; a
+# prefork child finishes its job before the warm shutdown completes.)
+SHUTTING_DOWN = threading.Event()
+
+
+@signals.worker_shutting_down.connect(weak=False)
+def _on_shutting_down(**_kwargs) -> None:
+    SHUTTING_DOWN.set()
+    _stop_reaper()
+
+
 @app.task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: str) -> str | None:
+    if SHUTTING_DOWN.is_set():
+        # Leave the message to a worker that is staying.
+        raise Reject("worker is shutting down", requeue=True)
     worker_name = f"{self.request.hostname or socket.gethostname()}:{os.getpid()}"
-    return run_job(job_id, _session_factory(), get_settings(), worker_name)
+    # "queued": the job was handed back at shutdown; the next stale-job sweep re-sends it.
+    return run_job(job_id, _session_factory(), get_settings(), worker_name, SHUTTING_DOWN)
 
 
 def sweep_stale_jobs() -> int:
     """Re-sends jobs whose worker died (their lease expired); returns how many."""
     requeued = requeue_stale(_session_factory())
     for job_id, queue in requeued:
-        log.warning("job %s: its worker stopped renewing the lease; re-queued on %s", job_id, queue)
+        log.warning("job %s: its worker is gone (lease lapsed, or handed back at shutdown); re-queued on %s",
+                    job_id, queue)
         app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
     return len(requeued)
 
