@@ -274,6 +274,23 @@ def format_layer_section(all_results, rounds, threads_list, command):
         cells = [f"{memory[name] / 2 ** 20:.2f} MiB" if name in memory else "n/a"
                  for name in ("kanmodel", "full-basis", "floor", "mlp", "pykan")]
         lines.append(f"| {result['width']} | " + " | ".join(cells) + f" | {result['mlp_sizes']} |")
+    lines += ["", "Targets (forward+backward):"]
+    for threads in threads_list:
+        for result in all_results:
+            times = result["times"][threads]
+            ours = times["kanmodel/forward_backward"]
+            toy = result["width"] == SHAPES[0][0]
+            speedup = times["full-basis/forward_backward"] / ours
+            goal = 3.0 if toy else 4.0
+            verdict = [f"{speedup:.2f}x faster than full-basis (target >= {goal:.0f}x: "
+                       f"{'met' if speedup >= goal else 'missed'})"]
+            if not toy:
+                over_floor = ours / times["floor/forward_backward"]
+                verdict.append(f"{over_floor:.2f}x the floor (target <= 2x: "
+                               f"{'met' if over_floor <= 2 else 'missed'})")
+            lines.append(f"- {threads} thread(s), {result['width']}: " + "; ".join(verdict))
+    memory_ok = all(r["memory"]["kanmodel"] <= r["memory"]["full-basis"] for r in all_results)
+    lines.append(f"- peak memory <= full-basis on every shape: {'met' if memory_ok else 'missed'}")
     errors = {r["pykan_error"] for r in all_results if r["pykan_error"]}
     if errors:
         lines += ["", "PyKAN failures: " + "; ".join(sorted(errors))]
@@ -304,6 +321,28 @@ def format_hellokan_section(ours, theirs, command):
     return "\n".join(lines) + "\n"
 
 
+def render_log(path, rounds, command):
+    """Sections from the JSON lines of an earlier run's stdout."""
+    results, hellokan = [], {}
+    for line in open(path):
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if "width" in record:
+            record["times"] = {int(t): v for t, v in record["times"].items()}
+            results.append(record)
+        else:
+            hellokan.update(record)
+    sections = {}
+    if results:
+        threads = list(results[0]["times"])
+        sections["KAN layer"] = format_layer_section(results, rounds, threads, command)
+    if hellokan:
+        sections["hellokan"] = format_hellokan_section(
+            hellokan["hellokan_kanmodel"], hellokan.get("hellokan_pykan", {"error": "not run"}), command)
+    return sections
+
+
 def replace_section(text: str, heading: str, body: str) -> str:
     """Replace (or append) the '## heading' section of a markdown document."""
     marker = f"## {heading}\n"
@@ -324,10 +363,18 @@ def main():
     parser.add_argument("--hellokan", action="store_true", help="also time hellokan to RMSE 1e-3")
     parser.add_argument("--no-layers", action="store_true", help="skip the layer timings")
     parser.add_argument("--write-docs", action="store_true", help=f"write the tables into {DOCS}")
+    parser.add_argument("--render", metavar="LOG", help="re-render the tables from the JSON lines "
+                        "an earlier run printed (with its --command) instead of measuring")
+    parser.add_argument("--command", help="with --render: the command that produced LOG")
     args = parser.parse_args()
-    command = "OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py " + " ".join(sys.argv[1:])
-    pykan = PyKANWorker()
-    sections = {}
+    command = args.command or ("OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py "
+                               + " ".join(sys.argv[1:]))
+    if args.render:
+        sections = render_log(args.render, args.rounds, command)
+        args.no_layers, args.hellokan = True, False
+    else:
+        sections = {}
+    pykan = PyKANWorker() if not args.render else None
     try:
         if not args.no_layers:
             results = []
@@ -345,7 +392,8 @@ def main():
             print(json.dumps({"hellokan_pykan": theirs}), flush=True)
             sections["hellokan"] = format_hellokan_section(ours, theirs, command)
     finally:
-        pykan.close()
+        if pykan is not None:
+            pykan.close()
     for heading, body in sections.items():
         print(f"## {heading}\n\n{body}")
     if args.write_docs and sections:

@@ -66,20 +66,22 @@ def uniform_basis_matrix(k: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _horner_tables(k: int, dtype: torch.dtype, device: torch.device):
-    """(values, derivatives) coefficient tables shaped (P, k + 1, 1, 1) for _horner:
-    the uniform basis matrix and its d/du, built once per (k, dtype, device)."""
+    """(values, derivatives) coefficient rows for _horner: tuples of (k + 1, 1, 1)
+    tensors, the uniform basis matrix and its d/du, built once per (k, dtype, device)."""
     matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)
     ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
-    return matrix[..., None, None], (matrix[1:] * ramp)[..., None, None]
+    derivative = matrix[1:] * ramp
+    return (tuple(row[:, None, None] for row in matrix),
+            tuple(row[:, None, None] for row in derivative))
 
 
-def _horner(table: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """sum_p table[p] * u^p: table (P, columns, 1, 1), u (batch, in) -> (columns, batch, in)."""
-    if len(table) == 1:
-        return table[0].expand(-1, *u.shape).clone()
-    result = torch.addcmul(table[-2], table[-1], u)
-    for row in range(len(table) - 3, -1, -1):
-        result = torch.addcmul(table[row], result, u)
+def _horner(rows: tuple, u: torch.Tensor) -> torch.Tensor:
+    """sum_p rows[p] * u^p: rows of (columns, 1, 1), u (batch, in) -> (columns, batch, in)."""
+    if len(rows) == 1:
+        return rows[0].expand(-1, *u.shape).clone()
+    result = torch.addcmul(rows[-2], rows[-1], u)
+    for row in reversed(rows[:-2]):
+        result = torch.addcmul(row, result, u)
     return result
 
 
@@ -192,9 +194,15 @@ def local_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool,
     return _general_local_basis(x, knots, k, with_derivative)
 
 
-def basis_rows(first: torch.Tensor, k: int) -> torch.Tensor:
-    """(batch, in) first indices -> (k + 1, batch, in) indices of the non-zero functions."""
-    return first + torch.arange(k + 1, device=first.device).view(-1, 1, 1)
+@functools.lru_cache(maxsize=64)
+def _row_offsets(start: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(start, start + k + 1, device=device).view(-1, 1, 1)
+
+
+def basis_rows(first: torch.Tensor, k: int, shift: int = 0) -> torch.Tensor:
+    """(batch, in) first indices (less `shift`) -> (k + 1, batch, in) indices of the
+    non-zero functions."""
+    return first + _row_offsets(-shift, k, first.device)
 
 
 def dense_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool) -> torch.Tensor:

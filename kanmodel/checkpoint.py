@@ -25,7 +25,7 @@ class CheckpointError(ValueError):
 
 
 def to_bytes(model: KAN) -> bytes:
-    tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     # One metadata key: safetensors writes several keys in hash order, which would make
     # the bytes of two identical models differ.
     header = {
@@ -60,6 +60,7 @@ def _read_metadata(blob: bytes) -> dict:
 
 
 def from_bytes(blob: bytes) -> KAN:
+    """A model on the CPU (move it with .to(device)); CheckpointError if blob is not one."""
     metadata = _read_metadata(blob)
     try:
         config = metadata["config"]

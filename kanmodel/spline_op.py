@@ -18,15 +18,16 @@ from kanmodel.basis import basis_rows, interval_polynomials, uniform_coordinates
 
 
 def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
-    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), first index
-    (batch, in), d values / d local coordinate, d coordinate / dx masked to zero
-    outside the domain)."""
+    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), their basis
+    indices (k + 1, batch, in), d values / d local coordinate, d coordinate / dx masked
+    to zero outside the domain)."""
     offset, scale = constants if constants is not None else uniform_coordinates(knots, k)
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
     chain = (clamped == t) * scale if with_derivative else None
-    return values, interval.long() - k, derivatives, chain
+    # Knot interval m holds B_{m-k} .. B_m.
+    return values, basis_rows(interval.long(), k, shift=k), derivatives, chain
 
 
 def _general_basis(x, knots, k, grid_size, with_derivative, constants):
@@ -53,15 +54,18 @@ def _general_basis(x, knots, k, grid_size, with_derivative, constants):
         for p in range(k - 1, 0, -1):
             derivatives = torch.add(derivatives * u, powers[p], alpha=p)
         chain = ((x >= low) & (x <= high)) * inverse_width
-    return values, interval, derivatives, chain
+    return values, basis_rows(interval, k), derivatives, chain
 
 
-def _base_terms(x: torch.Tensor, base: str):
-    """-> (base(x), d base / dx or None for identity); base is 'silu' or 'identity'."""
+def _base_terms(x: torch.Tensor, base: str, with_derivative: bool):
+    """-> (base(x), d base / dx or None (identity, or not needed)); base is 'silu' or
+    'identity'."""
     if base == "identity":
         return x, None
     sigmoid = torch.sigmoid(x)
     activated = x * sigmoid
+    if not with_derivative:
+        return activated, None
     # silu'(x) = s + x s (1 - s) = s (1 + x (1 - s))
     return activated, sigmoid * (1 + x * (1 - sigmoid))
 
@@ -86,9 +90,9 @@ class KANLayerFunction(torch.autograd.Function):
         grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
-        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
+        values, rows, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
         # (k + 1, batch, in) planes, seen as (batch, in, k + 1) by scatter and gather.
-        rows = basis_rows(first, k).permute(1, 2, 0)
+        rows = rows.permute(1, 2, 0)
         dense = x.new_zeros(batch, n_in, n_basis).scatter_(2, rows, values.permute(1, 2, 0))
         if derivatives is not None:
             derivatives = derivatives.permute(1, 2, 0)
@@ -99,7 +103,7 @@ class KANLayerFunction(torch.autograd.Function):
         if base == "zero":
             out = torch.addmm(bias, dense, weight.t())
         else:
-            activated, base_slope = _base_terms(x, base)
+            activated, base_slope = _base_terms(x, base, need_x_grad)
             base_matrix = base_weight * mask
             out = torch.addmm(bias, activated, base_matrix.t()).addmm_(dense, weight.t())
         ctx.save_for_backward(dense, rows, derivatives, chain, weight, coef, scale, mask,
