@@ -27,8 +27,10 @@ LONG_SPEC["export"] = {"onnx": True, "plots": False}
 
 def test_hellokan_job_events_model_formula_and_artifacts(production_stack):
     stack = production_stack
+    spec = copy.deepcopy(HELLOKAN_SPEC)
+    spec["train"]["steps_per_grid"] = 100  # ~2 s of training: several progress events with an ETA
     with stack.client() as client:
-        submitted = client.post("/v1/jobs", json=HELLOKAN_SPEC)
+        submitted = client.post("/v1/jobs", json=spec)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
 
@@ -38,7 +40,13 @@ def test_hellokan_job_events_model_formula_and_artifacts(production_stack):
         final = events[-1][1]
         assert final["status"] == "succeeded", (final, log_text(stack))
         steps = [data["progress"]["step"] for name, data in events if data["progress"].get("step")]
-        assert steps == sorted(steps) and steps[-1] == 30
+        assert steps == sorted(steps) and steps[-1] == 200
+        training = [data["progress"] for _, data in events if data["progress"]["phase"] == "training"
+                    and data["progress"].get("step")]
+        assert training, events
+        assert all(p["train_loss"] > 0 and p["total_steps"] == 200 and p["eta_seconds"] is not None for p in training)
+        phases = [data["progress"]["phase"] for _, data in events]
+        assert phases.index("training") < phases.index("symbolic") < phases.index("done")
 
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["model"]["url"] == job["links"]["model"]
