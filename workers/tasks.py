@@ -61,7 +61,7 @@ def train(self, job_id: str) -> str | None:
 
 
 def sweep_stale_jobs() -> int:
-    """Re-sends jobs whose worker died (their lease expired); returns how many."""
+    """Re-sends jobs whose worker is gone (lease lapsed, or handed back); returns how many."""
     requeued = requeue_stale(_session_factory())
     for job_id, queue in requeued:
         log.warning("job %s: its worker is gone (lease lapsed, or handed back at shutdown); re-queued on %s",
