@@ -25,6 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST = "127.0.0.1"
 
+FAST_WORKER_SETTINGS = {
+    # Short leases and sweeps so a killed worker's job is picked up within seconds.
+    "KANSERVE_JOB_LEASE_SECONDS": "6",
+    "KANSERVE_REAPER_INTERVAL_SECONDS": "1",
+    "KANSERVE_PROGRESS_INTERVAL_SECONDS": "0.2",
+    "KANSERVE_CANCEL_POLL_SECONDS": "0.1",
+    "KANSERVE_WORKER_CORES": "1",
+}
+
 HELLOKAN_SPEC = {
     "name": "hellokan",
     "data": {"formula": "exp(sin(pi*x0) + x1**2)", "ranges": {"x0": [-1, 1], "x1": [-1, 1]},
@@ -207,3 +216,9 @@ def api_harness(tmp_path: Path, **overrides):
     with TestClient(app, headers={"Authorization": f"Bearer {key_a}"}) as client, \
             TestClient(app, headers={"Authorization": f"Bearer {key_b}"}) as other, TestClient(app) as anonymous:
         yield ApiHarness(app, settings, client, other, anonymous, queue)
+
+
+def log_text(stack) -> str:
+    """The tails of a stack's process logs, for assertion messages."""
+    return "\n".join(f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(stack.logs.glob("*.log")))

@@ -4,7 +4,6 @@ Nothing is mocked; every piece is a separate process."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import secrets
 import signal
 import subprocess
@@ -16,17 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: kanserve_harness
 
-from kanserve_harness import (free_port, kanserve, kanserve_output, process_env, scratch_postgres,
-                              scratch_redis_db, stop, wait_for_log, wait_until_ready)
-
-FAST_WORKER_SETTINGS = {
-    # Short leases and sweeps so a killed worker's job is picked up within seconds.
-    "KANSERVE_JOB_LEASE_SECONDS": "6",
-    "KANSERVE_REAPER_INTERVAL_SECONDS": "1",
-    "KANSERVE_PROGRESS_INTERVAL_SECONDS": "0.2",
-    "KANSERVE_CANCEL_POLL_SECONDS": "0.1",
-    "KANSERVE_WORKER_CORES": "1",
-}
+from kanserve_harness import (FAST_WORKER_SETTINGS, free_port, kanserve, kanserve_output, process_env,
+                              scratch_postgres, scratch_redis_db, stop, wait_for_log, wait_until_ready)
 
 
 @dataclasses.dataclass
@@ -79,14 +69,3 @@ def production_stack(tmp_path_factory):
             yield stack
         finally:
             stack.close()
-
-
-def log_text(stack: Stack) -> str:
-    return "\n".join(f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-                     for path in sorted(stack.logs.glob("*.log")))
-
-
-def assert_matches(pattern: str, text: str) -> re.Match:
-    match = re.search(pattern, text)
-    assert match, f"{pattern!r} not found"
-    return match

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_WORKER_SETTINGS
-from kanserve_harness import (HELLOKAN_SPEC, free_port, kanserve, process_env, stop, wait_for_job, wait_for_log,
+from kanserve_harness import (FAST_WORKER_SETTINGS, HELLOKAN_SPEC, free_port, kanserve, process_env, stop, wait_for_job, wait_for_log,
                               wait_until_ready)
 
 pytestmark = pytest.mark.integration

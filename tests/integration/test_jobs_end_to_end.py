@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from conftest import log_text
-from kanserve_harness import HELLOKAN_SPEC, follow_events, wait_for_job
+from kanserve_harness import HELLOKAN_SPEC, follow_events, log_text, wait_for_job
 
 pytestmark = pytest.mark.integration
 
