@@ -245,6 +245,19 @@ def hellokan_ours(grids, steps, target, threads):
     return {"seconds": seconds, **reached}
 
 
+LAYER_NOTES = """How kanmodel's layer gets there (kanmodel/spline_op.py): one autograd function per
+layer evaluates only the k + 1 non-zero B-spline values per input (a Horner closed form
+on uniform knots; on adaptive knots the interval's polynomial coefficients, cached per
+knot table, are gathered), as (k + 1, batch, in) planes so every elementwise step is
+contiguous; scatters them into the dense (batch, in (G + k)) basis; and does one matmul
+with coef * spline_weight * mask plus the base matmul. Backward: grad_out^T @ dense for
+the weights and the k + 1 basis derivatives gathered against grad_out @ weight for the
+input; nothing of the basis evaluation is kept in an autograd graph. Adaptive knots
+cost about 1.4-1.7x the uniform path (measured with thread CPU time on these shapes).
+Timings on this shared 2-core machine move by 20-50% between runs; the ratios within
+one interleaved run are the comparable numbers."""
+
+
 def format_layer_section(all_results, rounds, threads_list, command):
     lines = [f"Command: `{command}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
@@ -294,7 +307,18 @@ def format_layer_section(all_results, rounds, threads_list, command):
     errors = {r["pykan_error"] for r in all_results if r["pykan_error"]}
     if errors:
         lines += ["", "PyKAN failures: " + "; ".join(sorted(errors))]
+    lines += ["", LAYER_NOTES]
     return "\n".join(lines) + "\n"
+
+
+HELLOKAN_NOTES = """Notes: kanmodel reaches about the accuracy PyKAN reports for this recipe but needs the
+finer grids to do it (PyKAN is ahead per grid size: 1.6e-3 to 2.4e-3 at grid 3 and
+7e-4 to 8e-4 at grid 5 in our runs, against kanmodel's 2e-2 and 7e-3 after 400 steps);
+it gets there faster because each LBFGS step is cheaper. The target was 10x less wall
+time; the runs here gave 6.4x and 8.3x. grid_eps=1.0 (uniform knots) is used because it generalised
+better here: with the default grid_eps=0.02 the same run ended at test RMSE 1.1e-3.
+Other seeds of the tested recipe (tests/test_training.py) ended at 1.06e-3, 1.08e-3
+and 4.9e-4 in our runs: 1e-3 is reached, but not with a wide margin."""
 
 
 def format_hellokan_section(ours, theirs, command):
@@ -318,6 +342,7 @@ def format_hellokan_section(ours, theirs, command):
             lines.append(f"\nkanmodel is {last['seconds'] / ours['seconds']:.1f}x faster to 1e-3.")
     else:
         lines.append(f"| PyKAN 0.2.8 | failed: {theirs.get('error')} | |")
+    lines += ["", HELLOKAN_NOTES]
     return "\n".join(lines) + "\n"
 
 
