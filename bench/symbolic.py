@@ -7,6 +7,7 @@ the case's ranges, has RMSE / std(y) <= 1e-5 (the rule stated in that file).
     .venv/bin/python bench/symbolic.py                       # ours, all cases, writes the docs
     .venv/bin/python bench/symbolic.py --cases I.12.1 toy-seed --no-docs
     .venv/bin/python bench/symbolic.py --pykan               # PyKAN only, in .bench-venv
+    .venv/bin/python bench/symbolic.py --report              # rewrite the table only
 
 Results go to bench/results/symbolic.json (ours) and bench/results/pykan_symbolic.json
 (PyKAN); the table in docs/benchmarks.md is written from both files. The PyKAN side
@@ -229,6 +230,8 @@ def main() -> None:
     parser.add_argument("--pykan", action="store_true", help="run PyKAN 0.2.8 (in .bench-venv) instead of ours")
     parser.add_argument("--pykan-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the table from the saved results (no runs)")
     args = parser.parse_args()
     cases = load_cases(args.cases)
     if args.pykan_worker:
@@ -237,7 +240,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     ours_file, pykan_file = RESULTS / "symbolic.json", RESULTS / "pykan_symbolic.json"
     suffix = " --cases " + " ".join(args.cases) if args.cases else ""
-    if args.pykan:
+    if args.report:
+        pass
+    elif args.pykan:
         pykan = pykan_in_bench_venv(cases)
         pykan_file.write_text(json.dumps({"command": "python bench/symbolic.py --pykan" + suffix,
                                           "results": pykan}, indent=1))

@@ -10,6 +10,9 @@ The recipe (every option below has this default; nothing is tuned per data set):
    a. train: Adam on the first grid of the schedule (LBFGS from a random start
       stalls in poor minima on some shapes, e.g. [2,1,1]), prune (shapes with hidden
       layers), then LBFGS through the remaining grids;
+   a'. when a network with hidden layers has a held-out relative RMSE above 1e-3
+      (the optimizer got stuck, or the shape cannot fit), the same shape is trained
+      again with the next of `retry_seeds`;
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
    c. after the first three shapes (single-output regression with several inputs):
@@ -43,7 +46,8 @@ from kanmodel.training import TrainingDiverged, fit
 DEFAULTS = {
     "widths": None,                 # None: the ladder of `default_widths`
     "spaces": ("log", "raw"),       # log only where the data are strictly positive
-    "seed": 0,
+    "seed": 0,                      # the held-out split and the first network seed
+    "retry_seeds": (1, 2, 3, 4),    # seeds tried when a network with hidden layers did not converge
     "grid_schedule": (3, 5, 10, 20),
     "warmup_steps": 300,            # Adam steps on the first grid
     "steps_per_grid": 150,          # then this many optimizer steps on every later grid
@@ -66,6 +70,9 @@ def default_widths(n_in: int, n_out: int) -> list[list[int]]:
 # In the plan, the separability step comes after this many shapes (it needs a good model).
 SEPARABLE_AFTER = 3
 SEPARABLE = "separable"
+# A network whose held-out relative RMSE is above this did not converge (or cannot fit
+# the data); the same shape is then tried with the next seed of `retry_seeds`.
+CONVERGED = 1e-3
 
 
 @dataclass
@@ -104,14 +111,14 @@ def _check_inputs(X, y, task):
     return X, y
 
 
-def _train(width, X, y, task, opts) -> tuple[KAN, list[dict]]:
+def _train(width, X, y, task, opts, seed: int) -> tuple[KAN, list[dict]]:
     """Adam on the first grid (robust from a random start), prune (networks with hidden
     layers), then the optimizer of the recipe (LBFGS) on the finer grids.
     X, y in the model's space."""
     schedule = list(opts["grid_schedule"])
-    common = dict(val_fraction=0.15, seed=opts["seed"])
+    common = dict(val_fraction=0.15, seed=seed)
     hidden = len(width) > 2
-    model = KAN(width, grid=schedule[0], seed=opts["seed"], task=task)
+    model = KAN(width, grid=schedule[0], seed=seed, task=task)
     if opts["float64"]:
         model = model.double()
     target = y if task == "regression" else y.astype(np.int64)
@@ -126,12 +133,12 @@ def _train(width, X, y, task, opts) -> tuple[KAN, list[dict]]:
     return model, warm.history + [dict(h, stage=h["stage"] + 1) for h in rest.history]
 
 
-def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
+def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline, seed):
     space = Space(space_name)
     started = time.monotonic()
-    torch.manual_seed(opts["seed"])
+    torch.manual_seed(seed)
     model, history = _train(width, space.inputs(X_tr), space.targets(y_tr) if task == "regression"
-                            else y_tr, task, opts)
+                            else y_tr, task, opts, seed)
     if task == "regression":
         fit_targets = y_tr
     else:  # a formula per logit: distil the model's logits
@@ -144,7 +151,7 @@ def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline):
                              # logits have no exact formula to search for
                              alternatives=2 if task == "regression" else 0)
     return {"model": model, "history": history, "formulas": formulas, "space": space_name,
-            "width": list(model.width), "trained_width": list(width),
+            "width": list(model.width), "trained_width": list(width), "seed": seed,
             "seconds": time.monotonic() - started,
             "spline_error": _spline_error(model, space, X_val, y_val) if task == "regression" else None}
 
@@ -251,35 +258,45 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
         plan.insert(position, (None, SEPARABLE))
 
     best, summaries, longest, trained = None, [], 0.0, []
+    seeds = [opts["seed"], *opts["retry_seeds"]]
     for width, space_name in plan:
-        # an attempt is only started when one as long as the longest so far still fits
-        if best is not None and time.monotonic() + longest > deadline:
-            break
-        if space_name == SEPARABLE:
-            if not trained:
-                continue
-            oracle = min(trained, key=lambda a: a["spline_error"])
-            attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, opts, deadline)
-            if attempt is None:
-                summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
-                                  "result": "no split within tolerance"})
-                continue
-        else:
-            try:
-                attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline)
-            except TrainingDiverged as error:
-                summaries.append({"width": width, "space": space_name, "error": str(error)})
-                continue
-            trained.append(attempt)
-        longest = max(longest, attempt["seconds"])
-        attempt["score"] = _score(attempt, X_val, y_val, task)
-        summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
-                          "trained_width": attempt["trained_width"], "space": attempt["space"],
-                          "score": attempt["score"], "seconds": round(attempt["seconds"], 2),
-                          "formulas": [f.text for f in attempt["formulas"]]})
-        if best is None or attempt["score"] < best["score"]:
-            best = attempt
-        if task == "regression" and best["score"] <= opts["exact_tolerance"]:
+        for seed in (seeds if space_name != SEPARABLE else [None]):
+            # an attempt is only started when one as long as the longest so far still fits
+            if best is not None and time.monotonic() + longest > deadline:
+                break
+            if space_name == SEPARABLE:
+                if not trained:
+                    continue
+                oracle = min(trained, key=lambda a: a["spline_error"])
+                attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, opts, deadline)
+                if attempt is None:
+                    summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
+                                      "result": "no split within tolerance"})
+                    continue
+            else:
+                try:
+                    attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline, seed)
+                except TrainingDiverged as error:
+                    summaries.append({"width": width, "space": space_name, "seed": seed, "error": str(error)})
+                    continue
+                trained.append(attempt)
+            longest = max(longest, attempt["seconds"])
+            attempt["score"] = _score(attempt, X_val, y_val, task)
+            summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
+                              "trained_width": attempt["trained_width"], "space": attempt["space"],
+                              "seed": attempt["seed"], "score": attempt["score"],
+                              "seconds": round(attempt["seconds"], 2),
+                              "formulas": [f.text for f in attempt["formulas"]]})
+            if best is None or attempt["score"] < best["score"]:
+                best = attempt
+            if task == "regression" and best["score"] <= opts["exact_tolerance"]:
+                break
+            # another seed only when a network with hidden layers did not converge (a
+            # one-layer KAN is a sum of splines: a poor fit there is the shape, not the seed)
+            if task != "regression" or width is None or len(width) == 2 \
+                    or attempt.get("spline_error", 0.0) <= CONVERGED:
+                break
+        if task == "regression" and best is not None and best["score"] <= opts["exact_tolerance"]:
             break
     if best is None:
         raise TrainingDiverged("discover: every attempt diverged: " + "; ".join(s["error"] for s in summaries))

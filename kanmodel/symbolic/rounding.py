@@ -56,6 +56,19 @@ def canonical(expr: sympy.Expr) -> sympy.Expr:
     return expanded if sympy.count_ops(expanded) <= 4 * sympy.count_ops(expr) + 20 else expr
 
 
+def merge_close_floats(expr: sympy.Expr, rel: float = 1e-11) -> sympy.Expr:
+    """Give floats that agree to `rel` one shared value, so that terms which are equal
+    up to float noise (0.648461451576444*A - 0.648461451576445*A) cancel or combine."""
+    floats = sorted(expr.atoms(sympy.Float), key=float)
+    table, anchor = {}, None
+    for f in floats:
+        if anchor is not None and abs(float(f) - float(anchor)) <= rel * abs(float(anchor)):
+            table[f] = anchor
+        else:
+            anchor = f
+    return expr.xreplace(table) if table else expr
+
+
 class _Checker:
     """Error of candidate expressions on the data, and the bound they must meet."""
 
@@ -117,7 +130,7 @@ def tidy(expr: sympy.Expr, symbols, X: np.ndarray, y: np.ndarray, tolerance: flo
     if accurate and sympy.count_ops(current) <= MAX_SIMPLIFY_OPS:
         for rewrite in (sympy.simplify, lambda e: sympy.simplify(sympy.expand_trig(e))):
             try:
-                simpler = rewrite(current)
+                simpler = merge_close_floats(rewrite(current))
             except (RecursionError, MemoryError, TypeError, ValueError, AttributeError):
                 continue
             # a rewrite can multiply fitted floats into near-nice constants: round again
