@@ -90,7 +90,7 @@ def run_ours(case: dict) -> dict:
 # ---------------------------------------------------------------- PyKAN (benchmark venv)
 PYKAN_STEPS = 30
 PYKAN_GRIDS = [3, 10]
-PYKAN_TIMEOUT = 150  # seconds per case; a case that takes longer counts as not recovered
+PYKAN_TIMEOUT = int(os.environ.get("PYKAN_TIMEOUT", "150"))  # seconds per case; longer = not recovered
 
 
 def run_pykan(case: dict) -> dict:
@@ -200,20 +200,31 @@ def table(ours: list[dict], pykan: list[dict] | str | None, command: str,
                f"{_cell(r['formula'])} | {r['error']:.1e} | {r['seconds']:.0f} |")
         if by_id:
             p = by_id.get(r["id"])
-            row += (f" {'yes' if p['recovered'] else 'no'} | {p['error']:.1e} | {p['seconds']:.0f} |"
-                    if p else " - | - | - |")
+            row += (f" {_pykan_outcome(p)} | {p['error']:.1e} | {p['seconds']:.0f} |" if p else " - | - | - |")
         lines.append(row)
     total = sum(r["recovered"] for r in ours)
     lines += ["", f"**kanmodel.discover: {total} of {len(ours)} recovered**, "
                   f"total {sum(r['seconds'] for r in ours):.0f} s, "
                   f"slowest case {max(r['seconds'] for r in ours):.0f} s."]
     if by_id:
+        limits = sorted({p.get("timeout_s", PYKAN_TIMEOUT) for p in by_id.values()})
         lines.append(f"**PyKAN 0.2.8 (width [n, 2n+1, 1], grids {PYKAN_GRIDS}, {PYKAN_STEPS} LBFGS steps each, "
-                     f"sparsity 1e-3 then prune, auto_symbolic, fit; {PYKAN_TIMEOUT} s per case at most): "
-                     f"{sum(p['recovered'] for p in by_id.values())} of {len(by_id)} recovered.**")
+                     f"sparsity 1e-3 then prune, auto_symbolic, fit; at most {' or '.join(map(str, limits))} s "
+                     f"per case): {sum(p['recovered'] for p in by_id.values())} of {len(by_id)} recovered.**")
+        crashes = sorted({p["formula"] for p in by_id.values() if p["formula"].startswith("error")})
+        if crashes:
+            lines.append("PyKAN crashes: " + "; ".join(f"`{c[7:]}`" for c in crashes) + ".")
     elif isinstance(pykan, str):
         lines.append(f"PyKAN 0.2.8: {pykan}.")
     return "\n".join(lines) + "\n"
+
+
+def _pykan_outcome(p: dict) -> str:
+    if p["formula"].startswith("timed out"):
+        return f"no (timed out, {p.get('timeout_s', PYKAN_TIMEOUT)} s)"
+    if p["formula"].startswith("error"):
+        return "no (crashed)"
+    return "yes" if p["recovered"] else "no"
 
 
 def write_section(text: str) -> None:
@@ -243,9 +254,17 @@ def main() -> None:
     if args.report:
         pass
     elif args.pykan:
-        pykan = pykan_in_bench_venv(cases)
-        pykan_file.write_text(json.dumps({"command": "python bench/symbolic.py --pykan" + suffix,
-                                          "results": pykan}, indent=1))
+        # merged case by case into the saved results, so a rerun of some cases keeps the rest
+        saved = json.loads(pykan_file.read_text()) if pykan_file.exists() else {"results": []}
+        by_id = {r["id"]: r for r in saved["results"]}
+        for case in cases:
+            result = pykan_in_bench_venv([case])[0]
+            result["timeout_s"] = PYKAN_TIMEOUT
+            by_id[case["id"]] = result
+            order = [c["id"] for c in load_cases(None)]
+            pykan_file.write_text(json.dumps({"command": "python bench/symbolic.py --pykan (PYKAN_TIMEOUT per case "
+                                              "as listed)", "results": sorted(by_id.values(), key=lambda r:
+                                              order.index(r["id"]))}, indent=1))
     else:
         ours = []
         for case in cases:

@@ -93,13 +93,14 @@ def _split_tests(oracle: _Oracle, active: list[int]) -> list[tuple[float, str, i
     results = []
     for i in active:
         rest = [j for j in active if j != i]
-        ab = r.copy(); ab[:, i] = a[:, i]; ab[:, rest] = b[:, rest]      # noqa: E702
-        ar = r.copy(); ar[:, i] = a[:, i]                                 # noqa: E702
-        rb = r.copy(); rb[:, rest] = b[:, rest]                           # noqa: E702
+        ab, ar, rb = r.copy(), r.copy(), r.copy()
+        ab[:, i], ab[:, rest] = a[:, i], b[:, rest]   # x_i from a, the rest from b
+        ar[:, i] = a[:, i]                            # x_i from a, the rest at r
+        rb[:, rest] = b[:, rest]                      # x_i at r, the rest from b
         f_ab, f_ar, f_rb = oracle(ab), oracle(ar), oracle(rb)
         for kind in ("sum", "product"):
-            results.append((*_mismatch(kind, f_ab, f_rr, f_ar, f_rb), ))
-            results[-1] = (results[-1][0], kind, i, results[-1][1])
+            mismatch, shift = _mismatch(kind, f_ab, f_rr, f_ar, f_rb)
+            results.append((mismatch, kind, i, shift))
     return sorted(results, key=lambda t: t[0])
 
 
