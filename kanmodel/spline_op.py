@@ -106,15 +106,20 @@ class KANLayerFunction(torch.autograd.Function):
             activated, base_slope = _base_terms(x, base, need_x_grad)
             base_matrix = base_weight * mask
             out = torch.addmm(bias, activated, base_matrix.t()).addmm_(dense, weight.t())
-        ctx.save_for_backward(dense, rows, derivatives, chain, weight, coef, scale, mask,
-                              activated, base_slope, base_matrix)
+        # Inputs go through save_for_backward; intermediates made here are kept on ctx
+        # directly (cheaper to unpack, which matters for small layers; they live as long
+        # as the graph, so repeated backward passes, as in gradcheck, still work).
+        ctx.save_for_backward(coef, mask)
+        ctx.intermediates = (dense, rows, derivatives, chain, weight, scale,
+                             activated, base_slope, base_matrix)
         ctx.shape = (batch, n_in, n_basis)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (dense, rows, derivatives, chain, weight, coef, scale, mask,
-         activated, base_slope, base_matrix) = ctx.saved_tensors
+        coef, mask = ctx.saved_tensors
+        (dense, rows, derivatives, chain, weight, scale,
+         activated, base_slope, base_matrix) = ctx.intermediates
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:

@@ -192,3 +192,4 @@ def test_gradcheck_every_base_function(base):
         return functional_call(layer, dict(zip(names, values)), (x,))
 
     assert torch.autograd.gradcheck(run, (x, *params))
+
