@@ -315,7 +315,7 @@ HELLOKAN_NOTES = """Notes: kanmodel reaches about the accuracy PyKAN reports for
 finer grids to do it (PyKAN is ahead per grid size: 1.6e-3 to 2.4e-3 at grid 3 and
 7e-4 to 8e-4 at grid 5 in our runs, against kanmodel's 2e-2 and 7e-3 after 400 steps);
 it gets there faster because each LBFGS step is cheaper. The target was 10x less wall
-time; the runs here gave 6.4x and 8.3x. grid_eps=1.0 (uniform knots) is used because it generalised
+time; three runs here gave 6.1x, 6.4x and 8.3x. grid_eps=1.0 (uniform knots) is used because it generalised
 better here: with the default grid_eps=0.02 the same run ended at test RMSE 1.1e-3.
 Other seeds of the tested recipe (tests/test_training.py) ended at 1.06e-3, 1.08e-3
 and 4.9e-4 in our runs: 1e-3 is reached, but not with a wide margin."""
