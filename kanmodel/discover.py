@@ -4,15 +4,15 @@ The recipe (every option below has this default; nothing is tuned per data set):
 1. Hold out `val_fraction` of the rows (seeded). Everything is chosen on them and
    every reported metric is measured on them.
 2. Try network shapes from simple to less simple (`widths`, default
-   [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1] -> [n,3,1]), each in the raw space and,
+   [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1]), each in the raw space and,
    when all inputs and outputs are strictly positive, first in log space (log y as
    a function of log x: products and powers become sums). For each:
    a. train: Adam on the first grid of the schedule (LBFGS from a random start
       stalls in poor minima on some shapes, e.g. [2,1,1]), prune (shapes with hidden
       layers), then LBFGS through the remaining grids;
-   a'. when a network with hidden layers has a held-out relative RMSE above 1e-3
-      (the optimizer got stuck, or the shape cannot fit), the same shape is trained
-      again with the next of `retry_seeds`;
+   a'. after the first pass over all shapes, every shape with hidden layers whose
+      held-out relative RMSE stayed above 1e-3 (the optimizer got stuck, or the shape
+      cannot fit) is trained again, one `retry_seeds` seed per pass, largest first;
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
    c. after the first three shapes (single-output regression with several inputs):
@@ -57,14 +57,14 @@ DEFAULTS = {
     "library": None,                # the whole function library
     "val_fraction": 0.2,
     "exact_tolerance": 1e-7,
-    "time_budget": 150.0,
+    "time_budget": 165.0,
     "max_train_rows": 5000,
     "float64": True,                # train in double precision (LBFGS stalls less)
 }
 
 
 def default_widths(n_in: int, n_out: int) -> list[list[int]]:
-    return [[n_in, n_out], [n_in, 1, n_out], [n_in, 2, n_out], [n_in, 2, 1, n_out], [n_in, 3, n_out]]
+    return [[n_in, n_out], [n_in, 1, n_out], [n_in, 2, n_out], [n_in, 2, 1, n_out]]
 
 
 # In the plan, the separability step comes after this many shapes (it needs a good model).
@@ -225,6 +225,59 @@ def _metrics(attempt, X_val, y_val, task) -> dict:
     return out
 
 
+class _Attempts:
+    """The attempts of one discover() call: runs them within the time budget, keeps the best."""
+
+    def __init__(self, X_tr, y_tr, X_val, y_val, task, opts, deadline):
+        self.data = (X_tr, y_tr, X_val, y_val)
+        self.task, self.opts, self.deadline = task, opts, deadline
+        self.best, self.summaries, self.trained, self.longest = None, [], [], 0.0
+
+    def done(self) -> bool:
+        exact = self.task == "regression" and self.best is not None \
+            and self.best["score"] <= self.opts["exact_tolerance"]
+        # an attempt is only started when one as long as the longest so far still fits
+        late = self.best is not None and time.monotonic() + self.longest > self.deadline
+        return exact or late
+
+    def converged(self, width, space_name) -> bool:
+        """Has some seed of this shape fitted the held-out rows to CONVERGED?"""
+        return self.task != "regression" or any(
+            a["trained_width"] == width and a["space"] == space_name and a["spline_error"] <= CONVERGED
+            for a in self.trained)
+
+    def run(self, width, space_name, seed) -> None:
+        if self.done():
+            return
+        X_tr, y_tr, X_val, y_val = self.data
+        if space_name == SEPARABLE:
+            if not self.trained:
+                return
+            oracle = min(self.trained, key=lambda a: a["spline_error"])
+            attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, self.opts, self.deadline)
+            if attempt is None:
+                self.summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
+                                       "result": "no split within tolerance"})
+                return
+        else:
+            try:
+                attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, self.task, self.opts,
+                                   self.deadline, seed)
+            except TrainingDiverged as error:
+                self.summaries.append({"width": width, "space": space_name, "seed": seed, "error": str(error)})
+                return
+            self.trained.append(attempt)
+        self.longest = max(self.longest, attempt["seconds"])
+        attempt["score"] = _score(attempt, X_val, y_val, self.task)
+        self.summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
+                               "trained_width": attempt["trained_width"], "space": attempt["space"],
+                               "seed": attempt["seed"], "score": attempt["score"],
+                               "seconds": round(attempt["seconds"], 2),
+                               "formulas": [f.text for f in attempt["formulas"]]})
+        if self.best is None or attempt["score"] < self.best["score"]:
+            self.best = attempt
+
+
 def discover(X, y, variables: list[str] | None = None, task: str = "regression", **options) -> Discovery:
     """Train, prune, extract and refit formulas with the default recipe (module docstring).
 
@@ -257,47 +310,17 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
         position = sum(1 for w, _ in plan if widths.index(w) < SEPARABLE_AFTER)
         plan.insert(position, (None, SEPARABLE))
 
-    best, summaries, longest, trained = None, [], 0.0, []
-    seeds = [opts["seed"], *opts["retry_seeds"]]
+    state = _Attempts(X_tr, y_tr, X_val, y_val, task, opts, deadline)
+    # first pass: every shape once; then, one retry seed at a time, again every shape
+    # with hidden layers that did not converge (one-layer KANs are sums of splines: a
+    # poor fit there is the shape, not the seed)
     for width, space_name in plan:
-        for seed in (seeds if space_name != SEPARABLE else [None]):
-            # an attempt is only started when one as long as the longest so far still fits
-            if best is not None and time.monotonic() + longest > deadline:
-                break
-            if space_name == SEPARABLE:
-                if not trained:
-                    continue
-                oracle = min(trained, key=lambda a: a["spline_error"])
-                attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, opts, deadline)
-                if attempt is None:
-                    summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
-                                      "result": "no split within tolerance"})
-                    continue
-            else:
-                try:
-                    attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline, seed)
-                except TrainingDiverged as error:
-                    summaries.append({"width": width, "space": space_name, "seed": seed, "error": str(error)})
-                    continue
-                trained.append(attempt)
-            longest = max(longest, attempt["seconds"])
-            attempt["score"] = _score(attempt, X_val, y_val, task)
-            summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
-                              "trained_width": attempt["trained_width"], "space": attempt["space"],
-                              "seed": attempt["seed"], "score": attempt["score"],
-                              "seconds": round(attempt["seconds"], 2),
-                              "formulas": [f.text for f in attempt["formulas"]]})
-            if best is None or attempt["score"] < best["score"]:
-                best = attempt
-            if task == "regression" and best["score"] <= opts["exact_tolerance"]:
-                break
-            # another seed only when a network with hidden layers did not converge (a
-            # one-layer KAN is a sum of splines: a poor fit there is the shape, not the seed)
-            if task != "regression" or width is None or len(width) == 2 \
-                    or attempt.get("spline_error", 0.0) <= CONVERGED:
-                break
-        if task == "regression" and best is not None and best["score"] <= opts["exact_tolerance"]:
-            break
+        state.run(width, space_name, opts["seed"])
+    for seed in opts["retry_seeds"]:
+        for width, space_name in reversed(plan):  # the largest shapes get stuck most often
+            if space_name != SEPARABLE and len(width) > 2 and not state.converged(width, space_name):
+                state.run(width, space_name, seed)
+    best, summaries = state.best, state.summaries
     if best is None:
         raise TrainingDiverged("discover: every attempt diverged: " + "; ".join(s["error"] for s in summaries))
 
