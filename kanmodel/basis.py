@@ -65,24 +65,29 @@ def uniform_basis_matrix(k: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _horner_tables(k: int, dtype: torch.dtype, device: torch.device):
-    """(values, derivatives) coefficient rows for _horner: tuples of (k + 1, 1, 1)
-    tensors, the uniform basis matrix and its d/du, built once per (k, dtype, device)."""
-    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)
+def _power_tables(k: int, dtype: torch.dtype, device: torch.device):
+    """Constant and power parts of the uniform basis matrix and of its d/du, shaped for
+    addmm against the powers u^1 .. u^k (rows): values = constant + linear @ powers.
+
+    -> (constant (k + 1, 1), linear (k + 1, k), d constant (k + 1, 1), d linear (k + 1, k - 1)),
+    built once per (k, dtype, device)."""
+    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)   # (p, r)
     ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
-    derivative = matrix[1:] * ramp
-    return (tuple(row[:, None, None] for row in matrix),
-            tuple(row[:, None, None] for row in derivative))
+    derivative = matrix[1:] * ramp                                                   # (p - 1, r)
+    return (matrix[:1].t().contiguous(), matrix[1:].t().contiguous(),
+            derivative[:1].t().contiguous(), derivative[1:].t().contiguous())
 
 
-def _horner(rows: tuple, u: torch.Tensor) -> torch.Tensor:
-    """sum_p rows[p] * u^p: rows of (columns, 1, 1), u (batch, in) -> (columns, batch, in)."""
-    if len(rows) == 1:
-        return rows[0].expand(-1, *u.shape).clone()
-    result = torch.addcmul(rows[-2], rows[-1], u)
-    for row in reversed(rows[:-2]):
-        result = torch.addcmul(row, result, u)
-    return result
+def _powers(u: torch.Tensor, k: int) -> torch.Tensor:
+    """(n,) -> (k, n) rows u^1 .. u^k."""
+    if u.requires_grad:
+        return torch.stack([u ** p for p in range(1, k + 1)])
+    # Written in place into one buffer: large temporaries cost page faults here.
+    powers = u.new_empty(k, u.numel())
+    powers[0] = u
+    for p in range(1, k):
+        torch.mul(powers[p - 1], u, out=powers[p])
+    return powers
 
 
 def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative: bool):
@@ -93,10 +98,15 @@ def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative:
     the non-zero functions are B_{m-k} .. B_m.
     """
     interval = torch.floor(t).clamp_(max=grid_size + k - 1)
-    u = t - interval
-    value_table, derivative_table = _horner_tables(k, t.dtype, t.device)
-    values = _horner(value_table, u)
-    derivatives = _horner(derivative_table, u) if with_derivative else None
+    # Powers of the local coordinate u as rows, then one small matmul each for the values
+    # and the derivatives: fewer passes over memory than k + 1 Horner planes.
+    powers = _powers((t - interval).reshape(-1), k)
+    constant, linear, d_constant, d_linear = _power_tables(k, t.dtype, t.device)
+    values = torch.addmm(constant, linear, powers).view(k + 1, *t.shape)
+    derivatives = None
+    if with_derivative:
+        derivatives = (torch.addmm(d_constant, d_linear, powers[: k - 1]) if k > 1
+                       else d_constant.expand(-1, t.numel()).clone()).view(k + 1, *t.shape)
     return values, interval, derivatives
 
 

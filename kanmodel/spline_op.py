@@ -1,12 +1,14 @@
 """A whole KAN layer as one autograd function.
 
 Forward: evaluate the k + 1 non-zero basis values per input, scatter them into the
-dense basis matrix (batch, in * (G + k)) and multiply once by the folded weights
+(flattened) dense basis matrix (batch, in * (G + k)) and multiply once by the folded weights
 (out, in * (G + k)) = coef * spline_weight * mask, plus the base matmul and bias.
 The basis values are computed as (k + 1, batch, in) planes so every elementwise
-step runs over contiguous memory. Backward: the weight gradient is
+step runs over contiguous memory, and their flat positions in the dense matrix are
+kept in the same layout: a 1-D scatter and a 1-D index_select measured about 2x faster
+than scatter/gather along the basis dimension. Backward: the weight gradient is
 ``grad_out^T @ dense``; the input gradient needs only the k + 1 basis derivatives
-gathered against ``grad_out @ weight``, so no Cox-de Boor table and no autograd graph
+against ``grad_out @ weight`` read at those positions, so no Cox-de Boor table and no autograd graph
 of the basis is ever kept. One autograd node per layer also keeps the per-call
 overhead low for small layers.
 """
@@ -18,8 +20,8 @@ from kanmodel.basis import basis_rows, interval_polynomials, uniform_coordinates
 
 
 def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
-    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), their basis
-    indices (k + 1, batch, in), d values / d local coordinate, d coordinate / dx masked
+    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), index of the
+    first non-zero basis function (batch, in) int64, d values / d local coordinate, d coordinate / dx masked
     to zero outside the domain)."""
     offset, scale = constants if constants is not None else uniform_coordinates(knots, k)
     t = torch.addcmul(offset, x, scale)
@@ -27,7 +29,7 @@ def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
     chain = (clamped == t) * scale if with_derivative else None
     # Knot interval m holds B_{m-k} .. B_m.
-    return values, basis_rows(interval.long(), k, shift=k), derivatives, chain
+    return values, interval.long() - k, derivatives, chain
 
 
 def _general_basis(x, knots, k, grid_size, with_derivative, constants):
@@ -38,8 +40,8 @@ def _general_basis(x, knots, k, grid_size, with_derivative, constants):
     low, high = knots[:, k], knots[:, grid_size + k]
     clamped = torch.clamp(x, low, high)
     inner = knots[:, k: grid_size + k + 1].contiguous()
-    count = torch.searchsorted(inner, clamped.t().contiguous(), right=True).t()
-    interval = (count - 1).clamp_(0, grid_size - 1)
+    count = torch.searchsorted(inner, clamped.t().contiguous(), right=True)
+    interval = (count - 1).clamp_(0, grid_size - 1).t().contiguous()
     column = interval + torch.arange(n_in, device=x.device) * grid_size
     gathered = table.index_select(1, column.reshape(-1)).view(-1, batch, n_in)
     powers = gathered[: (k + 1) ** 2].view(k + 1, k + 1, batch, n_in)
@@ -54,7 +56,7 @@ def _general_basis(x, knots, k, grid_size, with_derivative, constants):
         for p in range(k - 1, 0, -1):
             derivatives = torch.add(derivatives * u, powers[p], alpha=p)
         chain = ((x >= low) & (x <= high)) * inverse_width
-    return values, basis_rows(interval, k), derivatives, chain
+    return values, interval, derivatives, chain
 
 
 def _base_terms(x: torch.Tensor, base: str, with_derivative: bool):
@@ -66,8 +68,8 @@ def _base_terms(x: torch.Tensor, base: str, with_derivative: bool):
     activated = x * sigmoid
     if not with_derivative:
         return activated, None
-    # silu'(x) = s + x s (1 - s) = s (1 + x (1 - s))
-    return activated, sigmoid * (1 + x * (1 - sigmoid))
+    # silu'(x) = s + x s (1 - s) = s (1 + x - x s), in place on one temporary
+    return activated, (x - activated).add_(1).mul_(sigmoid)
 
 
 class KANLayerFunction(torch.autograd.Function):
@@ -90,12 +92,11 @@ class KANLayerFunction(torch.autograd.Function):
         grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
-        values, rows, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
-        # (k + 1, batch, in) planes, seen as (batch, in, k + 1) by scatter and gather.
-        rows = rows.permute(1, 2, 0)
-        dense = x.new_zeros(batch, n_in, n_basis).scatter_(2, rows, values.permute(1, 2, 0))
-        if derivatives is not None:
-            derivatives = derivatives.permute(1, 2, 0)
+        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
+        # Flat positions in dense of the (k + 1, batch, in) values.
+        row_starts = torch.arange(0, batch * n_in * n_basis, n_basis, device=x.device)
+        positions = basis_rows(first + row_starts.view(batch, n_in), k).view(-1)
+        dense = x.new_zeros(batch * n_in * n_basis).scatter_(0, positions, values.view(-1))
         dense = dense.view(batch, n_in * n_basis)
         scale = spline_weight * mask
         weight = (coef * scale.unsqueeze(-1)).view(n_out, -1)
@@ -110,21 +111,20 @@ class KANLayerFunction(torch.autograd.Function):
         # directly (cheaper to unpack, which matters for small layers; they live as long
         # as the graph, so repeated backward passes, as in gradcheck, still work).
         ctx.save_for_backward(coef, mask)
-        ctx.intermediates = (dense, rows, derivatives, chain, weight, scale,
+        ctx.intermediates = (dense, positions, derivatives, chain, weight, scale,
                              activated, base_slope, base_matrix)
-        ctx.shape = (batch, n_in, n_basis)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         coef, mask = ctx.saved_tensors
-        (dense, rows, derivatives, chain, weight, scale,
+        (dense, positions, derivatives, chain, weight, scale,
          activated, base_slope, base_matrix) = ctx.intermediates
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:
-            grad_dense = (grad_out @ weight).view(ctx.shape)
-            grad_x = (grad_dense.gather(2, rows) * derivatives).sum(2) * chain
+            grad_dense = (grad_out @ weight).view(-1).index_select(0, positions)
+            grad_x = grad_dense.view_as(derivatives).mul_(derivatives).sum(0) * chain
             if base_matrix is not None:
                 grad_base = grad_out @ base_matrix
                 grad_x = grad_x + (grad_base * base_slope if base_slope is not None else grad_base)
