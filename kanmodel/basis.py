@@ -78,13 +78,14 @@ def _power_tables(k: int, dtype: torch.dtype, device: torch.device):
             derivative[:1].t().contiguous(), derivative[1:].t().contiguous())
 
 
-def _powers(u: torch.Tensor, k: int) -> torch.Tensor:
-    """(n,) -> (k, n) rows u^1 .. u^k."""
-    if u.requires_grad:
+def _powers(t: torch.Tensor, interval: torch.Tensor, k: int) -> torch.Tensor:
+    """t, interval (n,) -> (k, n) rows u^1 .. u^k of u = t - interval."""
+    if t.requires_grad:
+        u = t - interval
         return torch.stack([u ** p for p in range(1, k + 1)])
-    # Written in place into one buffer: large temporaries cost page faults here.
-    powers = u.new_empty(k, u.numel())
-    powers[0] = u
+    # Written in place into one buffer: every large temporary costs page faults here.
+    powers = t.new_empty(k, t.numel())
+    u = torch.sub(t, interval, out=powers[0])
     for p in range(1, k):
         torch.mul(powers[p - 1], u, out=powers[p])
     return powers
@@ -100,7 +101,7 @@ def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative:
     interval = torch.floor(t).clamp_(max=grid_size + k - 1)
     # Powers of the local coordinate u as rows, then one small matmul each for the values
     # and the derivatives: fewer passes over memory than k + 1 Horner planes.
-    powers = _powers((t - interval).reshape(-1), k)
+    powers = _powers(t.reshape(-1), interval.reshape(-1), k)
     constant, linear, d_constant, d_linear = _power_tables(k, t.dtype, t.device)
     values = torch.addmm(constant, linear, powers).view(k + 1, *t.shape)
     derivatives = None

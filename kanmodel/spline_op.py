@@ -20,21 +20,21 @@ from kanmodel.basis import basis_rows, interval_polynomials, uniform_coordinates
 
 
 def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
-    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), index of the
-    first non-zero basis function (batch, in) int64, d values / d local coordinate, d coordinate / dx masked
-    to zero outside the domain)."""
+    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), knot interval
+    m (batch, in) int64 (the first non-zero basis function is m - k), d values / d local
+    coordinate, d coordinate / dx masked to zero outside the domain)."""
     offset, scale = constants if constants is not None else uniform_coordinates(knots, k)
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
-    chain = (clamped == t) * scale if with_derivative else None
-    # Knot interval m holds B_{m-k} .. B_m.
-    return values, interval.long() - k, derivatives, chain
+    chain = torch.where(clamped == t, scale, 0.0) if with_derivative else None
+    return values, interval.long(), derivatives, chain
 
 
 def _general_basis(x, knots, k, grid_size, with_derivative, constants):
     """Any increasing knots: locate the interval, gather its polynomials (see
-    basis.interval_polynomials) and evaluate them; same outputs as _uniform_basis."""
+    basis.interval_polynomials) and evaluate them; same outputs as _uniform_basis except
+    that the index returned is the first non-zero basis function itself."""
     table = constants if constants is not None else interval_polynomials(knots, k)
     batch, n_in = x.shape
     low, high = knots[:, k], knots[:, grid_size + k]
@@ -92,10 +92,12 @@ class KANLayerFunction(torch.autograd.Function):
         grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
         evaluate = _uniform_basis if uniform else _general_basis
-        values, first, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
-        # Flat positions in dense of the (k + 1, batch, in) values.
-        row_starts = torch.arange(0, batch * n_in * n_basis, n_basis, device=x.device)
-        positions = basis_rows(first + row_starts.view(batch, n_in), k).view(-1)
+        values, index, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
+        # Flat positions in dense of the (k + 1, batch, in) values; on uniform knots the
+        # index is the knot interval m, whose first non-zero function is m - k.
+        shift = k if uniform else 0
+        row_starts = torch.arange(-shift, batch * n_in * n_basis - shift, n_basis, device=x.device)
+        positions = basis_rows(index + row_starts.view(batch, n_in), k).view(-1)
         dense = x.new_zeros(batch * n_in * n_basis).scatter_(0, positions, values.view(-1))
         dense = dense.view(batch, n_in * n_basis)
         scale = spline_weight * mask
