@@ -85,9 +85,10 @@ def _powers(t: torch.Tensor, interval: torch.Tensor, k: int) -> torch.Tensor:
         return torch.stack([u ** p for p in range(1, k + 1)])
     # Written in place into one buffer: every large temporary costs page faults here.
     powers = t.new_empty(k, t.numel())
-    u = torch.sub(t, interval, out=powers[0])
+    rows = powers.unbind(0)
+    u = torch.sub(t, interval, out=rows[0])
     for p in range(1, k):
-        torch.mul(powers[p - 1], u, out=powers[p])
+        torch.mul(rows[p - 1], u, out=rows[p])
     return powers
 
 
@@ -95,10 +96,11 @@ def uniform_unit_basis(t: torch.Tensor, k: int, grid_size: int, with_derivative:
     """Basis on unit-spaced knots 0, 1, .., G + 2k at knot coordinates t (batch, in),
     already clamped into [k, G + k].
 
-    Returns (values (k + 1, batch, in), interval m (batch, in) float, d values / dt or None);
+    Returns (values (k + 1, batch, in), interval m (batch, in) int64, d values / dt or None);
     the non-zero functions are B_{m-k} .. B_m.
     """
-    interval = torch.floor(t).clamp_(max=grid_size + k - 1)
+    # t >= k > 0, so truncation is the floor.
+    interval = t.long().clamp_(max=grid_size + k - 1)
     # Powers of the local coordinate u as rows, then one small matmul each for the values
     # and the derivatives: fewer passes over memory than k + 1 Horner planes.
     powers = _powers(t.reshape(-1), interval.reshape(-1), k)
@@ -127,7 +129,7 @@ def _uniform_local_basis(x: torch.Tensor, knots: torch.Tensor, k: int,
     values, interval, derivatives = uniform_unit_basis(t, k, grid_size, with_derivative)
     if derivatives is not None:
         derivatives = derivatives * scale
-    return LocalBasis(values, interval.long() - k, derivatives)
+    return LocalBasis(values, interval - k, derivatives)
 
 
 def _general_local_basis(x: torch.Tensor, knots: torch.Tensor, k: int,

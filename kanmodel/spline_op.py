@@ -28,7 +28,7 @@ def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
     clamped = t.clamp(k, grid_size + k)
     values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
     chain = torch.where(clamped == t, scale, 0.0) if with_derivative else None
-    return values, interval.long(), derivatives, chain
+    return values, interval, derivatives, chain
 
 
 def _general_basis(x, knots, k, grid_size, with_derivative, constants):
@@ -125,19 +125,22 @@ class KANLayerFunction(torch.autograd.Function):
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:
-            grad_dense = (grad_out @ weight).view(-1).index_select(0, positions)
-            grad_x = grad_dense.view_as(derivatives).mul_(derivatives).sum(0) * chain
+            grad_dense = torch.mm(grad_out, weight).view(-1).index_select(0, positions)
+            grad_x = grad_dense.view_as(derivatives).mul_(derivatives).sum(0).mul_(chain)
             if base_matrix is not None:
-                grad_base = grad_out @ base_matrix
-                grad_x = grad_x + (grad_base * base_slope if base_slope is not None else grad_base)
+                grad_base = torch.mm(grad_out, base_matrix)
+                if base_slope is None:
+                    grad_x.add_(grad_base)
+                else:
+                    grad_x.addcmul_(grad_base, base_slope)
         if need_coef or need_spline_weight:
-            grad_weight = (grad_out.t() @ dense).view(coef.shape)
+            grad_weight = torch.mm(grad_out.t(), dense).view(coef.shape)
             if need_coef:
                 grad_coef = grad_weight * scale.unsqueeze(-1)
             if need_spline_weight:
                 grad_spline_weight = (grad_weight * coef).sum(-1) * mask
         if need_base_weight and activated is not None:
-            grad_base_weight = (grad_out.t() @ activated) * mask
+            grad_base_weight = torch.mm(grad_out.t(), activated).mul_(mask)
         if need_bias:
             grad_bias = grad_out.sum(0)
         return (grad_x, grad_coef, grad_spline_weight, grad_base_weight, grad_bias,
