@@ -174,10 +174,11 @@ def _cell(text: str, limit: int = 90) -> str:
 
 
 def table(ours: list[dict], pykan: list[dict] | str | None, command: str,
-          pykan_command: str | None) -> str:
+          pykan_command: str | None, note: str | None = None) -> str:
     lines = [SECTION, "",
              f"Measured with `{command}`" + (f" and `{pykan_command}`" if pykan_command else "") +
-             " (2 CPU cores shared with other work, one torch thread per run).",
+             " (2 CPU cores shared with other work, one torch thread per run)" +
+             (f"; {note}." if note else "."),
              f"Rule: formula RMSE / std(y) <= {RECOVERED:g} on {N_TEST} fresh float64 points; "
              f"{N_TRAIN} training points per case (`discover` holds out 20% of them).", "",
              "One recipe for every case, `kanmodel.discover` with its defaults (see "
@@ -265,8 +266,7 @@ def main() -> None:
             result["timeout_s"] = PYKAN_TIMEOUT
             by_id[case["id"]] = result
             order = [c["id"] for c in load_cases(None)]
-            pykan_file.write_text(json.dumps({"command": "python bench/symbolic.py --pykan (PYKAN_TIMEOUT per case "
-                                              "as listed)", "results": sorted(by_id.values(), key=lambda r:
+            pykan_file.write_text(json.dumps({"command": "PYKAN_TIMEOUT=... python bench/symbolic.py --pykan", "results": sorted(by_id.values(), key=lambda r:
                                               order.index(r["id"]))}, indent=1))
     else:
         ours = []
@@ -283,7 +283,7 @@ def main() -> None:
     pykan_run = json.loads(pykan_file.read_text()) if pykan_file.exists() else None
     text = table(ours_run["results"], pykan_run["results"] if pykan_run else
                  "not run (`python bench/symbolic.py --pykan` writes its results)",
-                 ours_run["command"], pykan_run["command"] if pykan_run else None)
+                 ours_run["command"], pykan_run["command"] if pykan_run else None, ours_run.get("note"))
     print(text)
     if not args.no_docs:
         write_section(text)

@@ -10,9 +10,11 @@ The recipe (every option below has this default; nothing is tuned per data set):
    a. train: Adam on the first grid of the schedule (LBFGS from a random start
       stalls in poor minima on some shapes, e.g. [2,1,1]), prune (shapes with hidden
       layers), then LBFGS through the remaining grids;
-   a'. after the first pass over all shapes, every shape with hidden layers whose
-      held-out relative RMSE stayed above 1e-3 (the optimizer got stuck, or the shape
-      cannot fit) is trained again, one `retry_seeds` seed per pass, largest first;
+   a'. after the first pass over all shapes, a shape with hidden layers whose
+      training got stuck is trained again, one `retry_seeds` seed per pass. Stuck
+      means: held-out relative RMSE above 1e-3 and no better than (0.9x) a smaller
+      shape tried before it in the same space (the default shapes are nested, each
+      can represent the ones before it, so a larger one doing worse did not converge);
    b. fit every edge with the function library, compose, refit all constants of
       the formula in float64 on the training rows, tidy (see `auto_symbolic`).
    c. after the first three shapes (single-output regression with several inputs):
@@ -240,11 +242,21 @@ class _Attempts:
         late = self.best is not None and time.monotonic() + self.longest > self.deadline
         return exact or late
 
-    def converged(self, width, space_name) -> bool:
-        """Has some seed of this shape fitted the held-out rows to CONVERGED?"""
-        return self.task != "regression" or any(
-            a["trained_width"] == width and a["space"] == space_name and a["spline_error"] <= CONVERGED
-            for a in self.trained)
+    def _error(self, width, space_name) -> float:
+        errors = [a["spline_error"] for a in self.trained
+                  if a["trained_width"] == width and a["space"] == space_name]
+        return min(errors) if errors else float("inf")
+
+    def stuck(self, width, space_name, smaller) -> bool:
+        """Did training of this shape get stuck? Yes when it fits the held-out rows no
+        better than a smaller shape tried before it (the default shapes are nested: each
+        can represent the ones before it), and not to CONVERGED either."""
+        if self.task != "regression":
+            return False
+        error = self._error(width, space_name)
+        if error <= CONVERGED:
+            return False
+        return any(s == space_name and error >= 0.9 * self._error(w, s) for w, s in smaller)
 
     def run(self, width, space_name, seed) -> None:
         if self.done():
@@ -316,9 +328,10 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
     # poor fit there is the shape, not the seed)
     for width, space_name in plan:
         state.run(width, space_name, opts["seed"])
+    networks = [(w, s) for w, s in plan if s != SEPARABLE]
     for seed in opts["retry_seeds"]:
-        for width, space_name in reversed(plan):  # the largest shapes get stuck most often
-            if space_name != SEPARABLE and len(width) > 2 and not state.converged(width, space_name):
+        for index, (width, space_name) in enumerate(networks):
+            if len(width) > 2 and state.stuck(width, space_name, networks[:index]):
                 state.run(width, space_name, seed)
     best, summaries = state.best, state.summaries
     if best is None:
