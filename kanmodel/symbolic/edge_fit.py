@@ -33,6 +33,7 @@ N_REFINED_FUNCTIONS = 6
 # exp): reject it.
 MAX_CANCELLATION = 1e3
 
+_INNER_PARAMETERS = {"none": 0, "shift": 1, "scale": 1, "periodic": 2, "full": 2}
 _A_SCALE = np.geomspace(1e-2, 30.0, 60)
 _A_FULL = np.geomspace(0.05, 30.0, 50)
 _CENTRES = np.linspace(-3.0, 3.0, 41)
@@ -200,7 +201,10 @@ def rank(fits: list[EdgeFit]) -> list[EdgeFit]:
         return []
     best_err = min(1.0 - f.r2 for f in fits)
     tie = max(TIE_FACTOR * best_err, best_err + TIE_ABS)
-    tied = sorted((f for f in fits if 1.0 - f.r2 <= tie), key=lambda f: (f.complexity, -f.r2))
+    # within the tie: simpler function first, then fewer fitted inner parameters (a
+    # parabola beats an equally good flat piece of cos), then R^2
+    tied = sorted((f for f in fits if 1.0 - f.r2 <= tie),
+                  key=lambda f: (f.complexity, _INNER_PARAMETERS[f.function.family], -f.r2))
     rest = sorted((f for f in fits if 1.0 - f.r2 > tie), key=lambda f: -f.r2)
     return tied + rest
 
