@@ -62,7 +62,8 @@ def test_composed_edges_agree_with_the_forward_pass_before_any_refit(two_outputs
         spline = model(torch.as_tensor(X)).numpy()
     for o, expr in enumerate(substitute(exprs, values)):
         composed = sympy.lambdify(symbols, expr)(X[:, 0], X[:, 1])
-        assert np.sqrt(np.mean((composed - spline[:, o]) ** 2)) < 1e-3 * spline[:, o].std()
+        # as close as the edge fits (R^2 ~ 0.9999); a wrong standardisation would be O(std)
+        assert np.sqrt(np.mean((composed - spline[:, o]) ** 2)) < 1e-2 * spline[:, o].std()
 
 
 def test_bad_arguments_are_clear_errors(two_outputs):
