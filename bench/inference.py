@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 import kanmodel  # noqa: E402
 from kanmodel.export import to_onnx  # noqa: E402
+from docs_section import write_section  # noqa: E402
 
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Inference"
 SHAPES = ([2, 5, 1], [6, 8, 4, 1], [14, 64, 32, 2], [784, 64, 10])
 BIG_BATCH = 1024
@@ -215,18 +215,6 @@ NOTES = [
     "kernels; at batch 1024 on [784,64,10] the Gemm and the GatherElements dominate",
     "onnxruntime's profile, so the throughput ratio to (c) is smallest there.",
 ]
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md."""
-    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = existing.find(SECTION + "\n")
-    if start < 0:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    else:
-        end = existing.find("\n## ", start + len(SECTION))
-        updated = existing[:start] + text + (existing[end:] if end >= 0 else "")
-    DOCS.write_text(updated)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from docs_section import DOCS, write_section  # noqa: E402
 from timing import forward_backward_call, forward_call, peak_memory, time_block  # noqa: E402
 
 import kanmodel  # noqa: E402
@@ -41,7 +42,6 @@ from kanmodel.grid import uniform_knots  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PYTHON = os.path.join(ROOT, ".bench-venv", "bin", "python")
-DOCS = os.path.join(ROOT, "docs", "benchmarks.md")
 K = 3
 SHAPES = [([2, 5, 1], 1000, 5), ([6, 8, 4, 1], 4096, 10), ([14, 64, 32, 2], 512, 5), ([784, 64, 10], 256, 5)]
 MODES = ("forward", "forward_backward")
@@ -377,17 +377,6 @@ def render_log(path, rounds, command):
     return sections
 
 
-def replace_section(text: str, heading: str, body: str) -> str:
-    """Replace (or append) the '## heading' section of a markdown document."""
-    marker = f"## {heading}\n"
-    if marker not in text:
-        return text.rstrip("\n") + ("\n\n" if text.strip() else "# Benchmarks\n\n") + marker + "\n" + body
-    start = text.index(marker) + len(marker)
-    end = text.find("\n## ", start)
-    end = len(text) if end == -1 else end + 1
-    return text[:start] + "\n" + body + ("\n" if end < len(text) else "") + text[end:]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -430,12 +419,9 @@ def main():
             pykan.close()
     for heading, body in sections.items():
         print(f"## {heading}\n\n{body}")
-    if args.write_docs and sections:
-        text = open(DOCS).read() if os.path.exists(DOCS) else ""
+    if args.write_docs:
         for heading, body in sections.items():
-            text = replace_section(text, heading, body)
-        with open(DOCS, "w") as handle:
-            handle.write(text)
+            write_section(f"## {heading}\n\n{body}")
 
 
 if __name__ == "__main__":

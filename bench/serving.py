@@ -35,9 +35,9 @@ from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import Response
+from docs_section import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Serving"
 
 
@@ -244,18 +244,6 @@ def _notes(all_results: dict[str, list[dict]]) -> list[str]:
                  "with one worker, one event loop thread handles every request of both routes, and a "
                  "prediction keeps it busy longer (64 clients).")
     return notes + [""]
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md."""
-    existing = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = existing.find(SECTION + "\n")
-    if start < 0:
-        updated = existing.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = existing.find("\n## ", start + len(SECTION))
-        updated = existing[:start] + text + ("\n" + existing[nxt + 1:] if nxt >= 0 else "")
-    DOCS.write_text(updated.rstrip("\n") + "\n")
 
 
 def main() -> None:

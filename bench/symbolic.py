@@ -19,17 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from docs_section import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES_FILE = ROOT.parent / "shared" / "benchmarks" / "formulas.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "bench" / "results"
 SECTION = "## Symbolic formula recovery"
 N_TRAIN = 2000
@@ -229,14 +228,6 @@ def _pykan_outcome(p: dict) -> str:
     if p["formula"].startswith("error"):
         return "no (crashed)"
     return "yes" if p["recovered"] else "no"
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of docs/benchmarks.md only."""
-    old = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(new)
 
 
 def main() -> None:
