@@ -6,8 +6,7 @@ Request: {"inputs": [[x0, x1, ...], ...]} (positional rows) or
 Response: {"model", "version", "engine", "outputs": [[...]], "extrapolated": [bool per
 row]} plus "probabilities" and "labels" for classification. A row is "extrapolated"
 when any input lies outside the model's training range: the answer is still given
-(the spline part continues its boundary interval's polynomial there) but is an
-extrapolation.
+(the spline part is held at its edge value there) but is an extrapolation.
 """
 
 from __future__ import annotations

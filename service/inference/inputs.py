@@ -47,8 +47,7 @@ def _finite(matrix: np.ndarray, field: str) -> np.ndarray:
 def extrapolated_rows(x: np.ndarray, ranges: np.ndarray | None) -> list[bool] | None:
     """x: (rows, n_in); ranges: (n_in, 2), per input [low, high] of the training range.
     True for a row with any input outside its range, where the spline part of the
-    model continues its boundary polynomial (the out-of-grid rule) and answers are
-    extrapolations."""
+    model is held constant (see the out-of-grid rule) and answers are extrapolations."""
     if ranges is None:
         return None
     outside = (x < ranges[:, 0]) | (x > ranges[:, 1])
