@@ -44,7 +44,7 @@ def hellokan(command):
     """Wall time of PyKAN's own grid-extension recipe until test RMSE <= target."""
     torch.set_num_threads(command["threads"])
     generator = torch.Generator().manual_seed(0)
-    x_train = torch.rand(1000, 2, generator=generator) * 2 - 1
+    x_train = torch.rand(command.get("n_train", 1000), 2, generator=generator) * 2 - 1
     x_test = torch.rand(1000, 2, generator=generator) * 2 - 1
 
     def f(x):
