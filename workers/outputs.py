@@ -16,6 +16,7 @@ import kanmodel
 from kanmodel.export import formula_to_onnx, to_onnx
 from kanmodel.plots import plot_loss, plot_network
 from service.schemas.jobspec import JobSpec
+from service.schemas.resources import FormulaOut
 from workers.symbolic_runner import ExtractedFormula, SymbolicRequest, SymbolicStopped, extract_in_subprocess
 from workers.training_data import TrainingData
 
@@ -35,16 +36,6 @@ class ArtifactBlob:
         return hashlib.sha256(self.data).hexdigest()
 
 
-@dataclass(frozen=True)
-class FormulaResult:
-    output_index: int
-    output_name: str
-    expression: str
-    latex: str
-    r2: float | None
-    rmse: float | None
-
-
 @dataclass
 class Outputs:
     model: kanmodel.KAN
@@ -52,8 +43,9 @@ class Outputs:
     artifacts: list[ArtifactBlob] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def formula_rows(self, output_names: list[str]) -> list[FormulaResult]:
-        return [FormulaResult(i, output_names[i], f.text, f.latex, _number(f.r2), _number(f.rmse))
+    def formula_rows(self, output_names: list[str]) -> list[FormulaOut]:
+        return [FormulaOut(output_index=i, output_name=output_names[i], expression=f.text, latex=f.latex,
+                           r2=_number(f.r2), rmse=_number(f.rmse))
                 for i, f in enumerate(self.formulas)]
 
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import Artifact, FormulaRow, ModelVersion
 from service.db.types import utcnow
+from service.schemas.resources import FormulaOut
 from workers.claim import Claim, guarded_update
-from workers.outputs import ArtifactBlob, FormulaResult
+from workers.outputs import ArtifactBlob
 
 MAX_ATTEMPTS = 5
 
@@ -27,7 +28,7 @@ def next_version(session_factory: sessionmaker[Session], owner_key_id: str, name
 
 
 def register_model(session_factory: sessionmaker[Session], claim: Claim, owner_key_id: str, name: str,
-                   describe: dict, formulas: list[FormulaResult],
+                   describe: dict, formulas: list[FormulaOut],
                    artifacts_for: Callable[[int], list[ArtifactBlob]], progress: dict) -> int:
     """Returns the version registered for this job. ``describe`` holds the ModelVersion
     columns task/width/input_names/output_names/metrics; ``artifacts_for(version)``

@@ -22,8 +22,7 @@ def version_out(model: ModelVersion) -> ModelVersionOut:
         name=model.name, version=model.version, job_id=model.job_id, task=model.task, width=model.width,
         input_names=model.input_names, output_names=model.output_names, metrics=model.metrics,
         created_at=model.created_at,
-        formulas=[FormulaOut(output_index=f.output_index, output_name=f.output_name, expression=f.expression,
-                             latex=f.latex, r2=f.r2, rmse=f.rmse) for f in model.formulas],
+        formulas=[FormulaOut.model_validate(f, from_attributes=True) for f in model.formulas],
         artifacts=[ArtifactOut(kind=a.kind, filename=a.filename, media_type=a.media_type, size_bytes=a.size_bytes,
                                sha256=a.sha256, url=f"{version_url(model)}/artifacts/{a.kind}")
                    for a in model.artifacts],
