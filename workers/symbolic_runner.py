@@ -7,12 +7,15 @@ registered without a formula, with a note saying why.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class SymbolicStopped(Exception):
@@ -67,6 +70,8 @@ def extract_in_subprocess(request: SymbolicRequest, should_stop: Callable[[], bo
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child, args=(sender, request), name="kanserve-symbolic", daemon=True)
     child.start()
+    # The pid lets an operator (and the tests) check that a stopped search left no process behind.
+    log.info("symbolic extraction: child process %d started", child.pid)
     sender.close()
     deadline = time.monotonic() + request.time_budget
     try:
@@ -88,6 +93,10 @@ def extract_in_subprocess(request: SymbolicRequest, should_stop: Callable[[], bo
             child.kill()
         child.join(timeout=10)
         receiver.close()
+        if child.exitcode is None:
+            log.warning("symbolic extraction: child process %d did not exit within 10 s of being stopped", child.pid)
+        else:
+            log.info("symbolic extraction: child process %d ended with exit code %d", child.pid, child.exitcode)
     if status != "ok":
         raise SymbolicStopped(f"symbolic extraction failed: {payload}"[:500])
     return payload
