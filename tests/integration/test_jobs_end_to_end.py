@@ -8,7 +8,6 @@ import copy
 import hashlib
 import math
 import re
-import time
 
 import pytest
 
@@ -98,15 +97,20 @@ def test_worker_killed_mid_job_resumes_from_checkpoint_without_a_second_version(
         assert [v["version"] for v in model["versions"]] == [1] and model["versions"][0]["job_id"] == job_id
 
 
-def test_cancel_a_running_job(production_stack):
+def test_cancel_a_running_job_stops_its_training(production_stack):
     with production_stack.client() as client:
         job_id = client.post("/v1/jobs", json={**LONG_SPEC, "name": "cancelme"}).json()["id"]
-        wait_for_job(client, job_id, ("running",), predicate=lambda job: (job["progress"].get("step") or 0) > 5)
+        running = wait_for_job(client, job_id, ("running",),
+                               predicate=lambda job: (job["progress"].get("step") or 0) > 5)
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
-        started = time.monotonic()
-        job = wait_for_job(client, job_id, ("cancelled", "succeeded", "failed"), timeout=30)
-        assert job["status"] == "cancelled" and time.monotonic() - started < 10
-        assert job["progress"]["step"] < 750 and job["model"] is None
+        job = wait_for_job(client, job_id, ("cancelled", "succeeded", "failed"), timeout=120)  # hang guard
+        assert job["status"] == "cancelled" and job["cancel_requested"], (job, log_text(production_stack))
+        # Training stopped part-way: a cancel honoured only after training would still end
+        # "cancelled", but at step 750 with all 3 stages checkpointed.
+        progress = job["progress"]
+        assert running["progress"]["step"] <= progress["step"] < progress["total_steps"] == 750
+        assert progress["checkpoints"] < 3 and progress["phase"] == "done"
+        assert job["finished_at"] is not None and job["model"] is None
         assert client.get("/v1/models/cancelme").status_code == 404
 
 
