@@ -1,12 +1,13 @@
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.inference.batcher import MicroBatcher
+from service.inference.batcher import MicroBatcher, RunCostModel
 from onnx_graphs import affine_model
 
 WEIGHT = np.array([[1.0, -2.0], [0.5, 3.0], [4.0, 0.25]], np.float32)
@@ -181,3 +182,77 @@ def test_calls_in_flight_are_bounded_by_max_concurrent(session):
         np.testing.assert_allclose(y, expected(x), rtol=1e-5, atol=1e-5)
     assert peak[0] == 2  # both slots were used, never more
     assert max(runner.batch_rows) <= 16 and len(runner.batch_rows) < len(requests)
+
+
+def test_run_cost_model_fits_fixed_plus_per_row_cost():
+    cost = RunCostModel()
+    assert cost.predict(10) is None
+    cost.observe(4, 40e-6)
+    assert cost.predict(8) == pytest.approx(80e-6)  # one batch size seen: proportional
+    for rows in (1, 16, 64, 1, 16, 64):
+        cost.observe(rows, 30e-6 + 2e-6 * rows)
+    for _ in range(200):  # older measurements fade out
+        cost.observe(1, 32e-6)
+        cost.observe(64, 158e-6)
+    assert cost.predict(1) == pytest.approx(32e-6, rel=0.02)
+    assert cost.predict(32) == pytest.approx(30e-6 + 2e-6 * 32, rel=0.02)
+
+
+class ThreadRecordingRunner(RecordingRunner):
+    """Also records which thread ran each call, and can burn CPU (the cost model
+    measures the calling thread's CPU time, so sleeping would look free)."""
+
+    def __init__(self, session, busy_s=0.0):
+        super().__init__(session)
+        self.busy_s = busy_s
+        self.threads: list[int] = []
+
+    def __call__(self, x):
+        self.threads.append(threading.get_ident())
+        end = time.thread_time() + self.busy_s
+        while time.thread_time() < end:
+            pass
+        return super().__call__(x)
+
+
+def _sequential_calls(batcher, n):
+    async def main():
+        return [await batcher.submit(np.full((1, 3), i, np.float32)) for i in range(n)]
+    return asyncio.run(main())
+
+
+def test_quick_graphs_run_on_the_event_loop_once_measured(session):
+    runner = ThreadRecordingRunner(session)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
+        results = _sequential_calls(batcher, 4)
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+    assert runner.threads[0] != loop_thread, "an unmeasured graph must start on the pool"
+    assert runner.threads[1:] == [loop_thread] * 3
+    for i, (y,) in enumerate(results):
+        np.testing.assert_allclose(y, expected(np.full((1, 3), i, np.float32)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("inline_max_us, busy_s", [(0, 0.0), (500, 0.005)])
+def test_slow_graphs_and_inline_off_stay_on_the_pool(session, inline_max_us, busy_s):
+    runner = ThreadRecordingRunner(session, busy_s=busy_s)
+    with ThreadPoolExecutor(1) as pool:
+        batcher = MicroBatcher(runner, pool, inline_max_us=inline_max_us)
+        _sequential_calls(batcher, 4)
+    assert threading.get_ident() not in runner.threads
+    assert batcher.cost.predict(1) is not None
+
+
+def test_a_batch_of_one_request_per_call_when_merging_is_off(session):
+    runner = RecordingRunner(session, delay_s=0.005)
+
+    async def main():
+        with ThreadPoolExecutor(2) as pool:
+            batcher = MicroBatcher(runner, pool, max_batch_rows=1, max_concurrent=2)
+            xs = [np.full((2, 3), i, np.float32) for i in range(6)]
+            return xs, await asyncio.gather(*(batcher.submit(x) for x in xs))
+
+    xs, results = asyncio.run(main())
+    assert runner.batch_rows == [2] * 6
+    for x, (y,) in zip(xs, results):
+        np.testing.assert_allclose(y, expected(x), rtol=1e-6)

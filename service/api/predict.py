@@ -21,12 +21,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from service.api.deps import bearer_scheme
-from service.inference.inputs import InputError, columns_matrix, extrapolated_rows
+from service.api.direct_route import DirectRoute
+from service.inference.inputs import InputError, columns_matrix, extrapolated_rows, rows_matrix
 from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized
-from service.inference.onnx_predictor import OnnxPredictor, PredictorInputError
+from service.inference.onnx_predictor import OnnxPredictor
 from service.inference.runtime import Inference
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], route_class=DirectRoute)
 
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Rows = list[list[Finite]]
@@ -90,8 +91,8 @@ def _to_matrix(inputs, max_rows: int):
         if n_rows > max_rows:
             raise TooManyRows(f"inputs: {n_rows} rows is more than the limit of {max_rows} per request")
         if isinstance(inputs, dict):
-            return predictor.validate(columns_matrix(inputs, served.input_names))
-        return predictor.validate(inputs)
+            return columns_matrix(inputs, served.input_names)
+        return rows_matrix(inputs, predictor.n_features)
     return convert
 
 
@@ -115,9 +116,8 @@ def _response(result: Inference) -> Response:
 
 
 async def _predict(request: Request, name: str, version: int | None) -> Response:
-    # The body is parsed here (pydantic's JSON parser, straight from bytes) rather than
-    # through FastAPI's dependency solving: on a single-row request that machinery cost
-    # more than the prediction (bench/serving.py). The OpenAPI schema is declared below.
+    # The body is parsed here (pydantic's JSON parser, straight from bytes): these are
+    # DirectRoutes (see direct_route.py). The OpenAPI schema is declared below.
     try:
         body = PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -133,7 +133,7 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         raise HTTPException(404, str(exc)) from None
     except TooManyRows as exc:
         raise HTTPException(413, str(exc)) from None
-    except (InputError, PredictorInputError) as exc:
+    except InputError as exc:
         raise HTTPException(422, str(exc).replace("input:", "inputs:", 1)) from None
     return _response(result)
 
@@ -160,6 +160,7 @@ async def predict_latest(request: Request, name: str) -> Response:
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one version", **_DOC)
 async def predict_version(request: Request, name: str, version: int) -> Response:
-    if version < 1:
-        raise HTTPException(422, f"version must be >= 1, got {version}")
-    return await _predict(request, name, version)
+    # DirectRoute passes the path parameter as it arrived (a string).
+    if not str(version).isdigit() or int(version) < 1:
+        raise HTTPException(422, f"version must be an integer >= 1, got {version!r}")
+    return await _predict(request, name, int(version))

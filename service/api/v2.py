@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.direct_route import DirectRoute
 from service.api.predict import bearer_token
 from service.api.v2_tensors import HEADER_LENGTH, V2Error, encode_infer_response, parse_infer_request
 from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized, list_versions
@@ -191,11 +192,16 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
     return await _ready(request, name, version)
 
 
-@router.post("/models/{name}/infer", summary="Inference (latest version)")
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference")
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
+
+
+# DirectRoutes (see direct_route.py): the body is parsed by parse_infer_request.
+router.add_api_route("/models/{name}/infer", infer, methods=["POST"], summary="Inference (latest version)",
+                     route_class_override=DirectRoute)
+router.add_api_route("/models/{name}/versions/{version}/infer", infer_version, methods=["POST"],
+                     summary="Inference", route_class_override=DirectRoute)

@@ -2,14 +2,23 @@
 
 How it adapts (the idea behind Triton's dynamic batcher and BentoML's adaptive
 batching, written for one asyncio event loop):
-- A graph with a free slot runs a request at once (plus at most `max_delay_us` of
-  waiting, 0 by default), so a lone client pays no batching delay (with no delay
-  window it runs in the caller's own task, without a queue).
-- At most `max_concurrent` calls per graph are in flight (one per pool thread, so
-  large requests still use every core). While they run, new requests queue up; the
-  next free slot runs everything queued (up to `max_batch_rows` rows) as one batch.
-  The batch size therefore grows with the load by itself.
-- Results are split back by row offsets, so every caller gets exactly its own rows.
+- A request joins the model's queue, and the queue is drained on the next turn of
+  the event loop (or after `max_delay_us`, 0 by default). Every request whose bytes
+  arrived in the same turn is therefore in the same batch: a lone client waits for
+  nobody, and the batch size grows with the load by itself.
+- Each batch (at most `max_batch_rows` rows, at least one request) runs as one call
+  and its results are split back by row offsets, so every caller gets exactly its
+  own rows.
+- Where a batch runs: on the event loop itself when its predicted run time is at
+  most `inline_max_us`, otherwise on the thread pool, with at most `max_concurrent`
+  calls in flight (one per pool thread, so large batches still use every core;
+  what arrives meanwhile waits for a free slot and then goes as one batch).
+  Why not always on the pool: handing a call to a thread and back costs about
+  100 us of CPU in CPython (wake-ups and GIL hand-over; bench/serving.py), more
+  than a small graph's whole run (about 50 us for one row of a [2,5,1] model), so
+  for such a run the hand-off would hold the event loop longer than the run
+  itself. The prediction comes from the model's measured run times (RunCostModel);
+  a graph not yet measured runs on the pool. inline_max_us = 0: always the pool.
 
 A batch that raises is retried request by request, so one bad request cannot fail
 the others that happened to share its batch.
@@ -18,7 +27,9 @@ the others that happened to share its batch.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+from itertools import islice
 from concurrent.futures import Executor
 from typing import Callable, Sequence
 
@@ -26,6 +37,37 @@ import numpy as np
 
 # run_batch: (rows, n_in) array -> one (rows, ...) array per model output
 RunBatch = Callable[[np.ndarray], Sequence[np.ndarray]]
+Outcome = list[np.ndarray] | BaseException  # one request's outputs, or its error
+
+
+class RunCostModel:
+    """Predicts one call's run time as fixed + per_row * rows, fitted by least squares
+    over recent measurements (exponentially forgotten, so it follows the machine's load)."""
+
+    def __init__(self, memory: float = 0.95):
+        self.memory = memory
+        self._w = self._r = self._rr = self._d = self._rd = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        m = self.memory
+        self._w = m * self._w + 1.0
+        self._r = m * self._r + rows
+        self._rr = m * self._rr + rows * rows
+        self._d = m * self._d + seconds
+        self._rd = m * self._rd + rows * seconds
+
+    def predict(self, rows: int) -> float | None:
+        """Seconds for a call of `rows` rows, or None before the first measurement."""
+        if self._w == 0.0:
+            return None
+        mean_r, mean_d = self._r / self._w, self._d / self._w
+        spread = self._rr / self._w - mean_r * mean_r
+        if spread <= 1e-9 * max(1.0, mean_r * mean_r):
+            # One batch size seen so far: assume the cost is proportional to the rows
+            # (an over-estimate for bigger batches, which errs towards the pool).
+            return mean_d * max(rows, 1) / max(mean_r, 1.0)
+        slope = max((self._rd / self._w - mean_r * mean_d) / spread, 0.0)
+        return max(mean_d + slope * (rows - mean_r), 0.0)
 
 
 class MicroBatcher:
@@ -39,6 +81,7 @@ class MicroBatcher:
         max_delay_us: int = 0,
         on_batch: Callable[[int, int], None] | None = None,
         max_concurrent: int = 1,
+        inline_max_us: int = 0,
     ):
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be >= 1")
@@ -46,69 +89,80 @@ class MicroBatcher:
             raise ValueError("max_delay_us must be >= 0")
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
+        if inline_max_us < 0:
+            raise ValueError("inline_max_us must be >= 0")
         self._run_batch = run_batch
         self._executor = executor
         self.max_batch_rows = max_batch_rows
         self.max_delay_s = max_delay_us / 1e6
         self.max_concurrent = max_concurrent
+        self.inline_max_s = inline_max_us / 1e6
+        self.cost = RunCostModel()
         self._on_batch = on_batch  # on_batch(n_requests, n_rows), e.g. a histogram
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._queued_rows = 0
-        self._slots_used = 0  # calls in flight, plus drain tasks started and not yet done
-        self._drain_starting = False  # a drain task has not taken its first batch yet
-        self._drainers: set[asyncio.Task] = set()  # referenced while they run
-        self._enough_rows: asyncio.Event | None = None
+        self._in_flight = 0  # calls running on the pool
+        self._drain_handle: asyncio.Handle | asyncio.TimerHandle | None = None
 
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """x: (rows, n_in) -> this request's (rows, ...) slice of every output."""
         loop = asyncio.get_running_loop()
-        if self._slots_used < self.max_concurrent and not self._queue and self.max_delay_s == 0:
-            return await self._run_alone(loop, x)
         future = loop.create_future()
         self._queue.append((x, future))
         self._queued_rows += x.shape[0]
-        self._start_drain(loop)
-        if self._enough_rows is not None and self._queued_rows >= self.max_batch_rows:
-            self._enough_rows.set()
+        self._schedule_drain(loop)
         return await future
 
-    async def _run_alone(self, loop, x: np.ndarray) -> list[np.ndarray]:
-        self._slots_used += 1
-        try:
-            if self._on_batch:
-                self._on_batch(1, x.shape[0])
-            return list(await loop.run_in_executor(self._executor, self._run_batch, x))
-        finally:
-            self._slots_used -= 1
-            self._start_drain(loop)  # requests that queued meanwhile
+    def _schedule_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        full = self._queued_rows >= self.max_batch_rows
+        if self._drain_handle is not None:
+            if not (full and isinstance(self._drain_handle, asyncio.TimerHandle)):
+                return
+            self._drain_handle.cancel()  # a full batch does not wait out the delay window
+        if self.max_delay_s > 0 and not full:
+            self._drain_handle = loop.call_later(self.max_delay_s, self._drain, loop)
+        else:
+            self._drain_handle = loop.call_soon(self._drain, loop)
 
-    def _start_drain(self, loop) -> None:
-        # One drain task at a time may be "starting" (waiting out the delay window or
-        # not yet scheduled): the requests queued meanwhile belong to its batch.
-        if self._queue and self._slots_used < self.max_concurrent and not self._drain_starting:
-            self._slots_used += 1
-            self._drain_starting = True
-            task = loop.create_task(self._drain(loop))
-            self._drainers.add(task)
-            task.add_done_callback(self._drainers.discard)
-
-    async def _drain(self, loop) -> None:
-        try:
-            if self.max_delay_s > 0 and self._queued_rows < self.max_batch_rows:
-                self._enough_rows = asyncio.Event()
-                try:
-                    await asyncio.wait_for(self._enough_rows.wait(), self.max_delay_s)
-                except asyncio.TimeoutError:
-                    pass
-                self._enough_rows = None
-            while self._queue:
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain_handle = None
+        while self._queue:
+            rows = self._next_batch_rows()
+            predicted = self.cost.predict(rows)
+            if predicted is not None and predicted <= self.inline_max_s:
                 batch = self._take_batch()
-                self._drain_starting = False
-                self._start_drain(loop)  # a free slot may take what queues up meanwhile
-                await self._run(loop, batch)
-        finally:
-            self._drain_starting = False
-            self._slots_used -= 1
+                started = time.thread_time()
+                outcomes = self._execute(batch)
+                self.cost.observe(rows, time.thread_time() - started)
+                _deliver(batch, outcomes)
+            elif self._in_flight < self.max_concurrent:
+                batch = self._take_batch()
+                self._in_flight += 1
+                pending = loop.run_in_executor(self._executor, self._timed_execute, batch)
+                pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
+            else:
+                return  # every slot busy: the next one to finish drains what is queued
+
+    def _pool_done(self, loop, batch, done: asyncio.Future) -> None:
+        self._in_flight -= 1
+        if done.cancelled():  # the pool was shut down
+            outcomes = [asyncio.CancelledError()] * len(batch)
+        elif done.exception() is not None:
+            outcomes = [done.exception()] * len(batch)
+        else:
+            outcomes, rows, seconds = done.result()
+            self.cost.observe(rows, seconds)
+        _deliver(batch, outcomes)
+        if self._queue and self._drain_handle is None:
+            self._schedule_drain(loop)
+
+    def _next_batch_rows(self) -> int:
+        rows = self._queue[0][0].shape[0]
+        for x, _ in islice(self._queue, 1, None):
+            if rows + x.shape[0] > self.max_batch_rows:
+                break
+            rows += x.shape[0]
+        return rows
 
     def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         # Always take at least one request, even one larger than max_batch_rows
@@ -122,38 +176,42 @@ class MicroBatcher:
         self._queued_rows -= rows
         return batch
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch) -> None:
-        live = [(x, f) for x, f in batch if not f.done()]  # a caller may have gone away
-        if not live:
-            return
-        if len(live) == 1:
-            x, future = live[0]
-            await self._run_one(loop, x, future)
-            return
-        inputs = np.concatenate([x for x, _ in live], axis=0)
-        if self._on_batch:
-            self._on_batch(len(live), inputs.shape[0])
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, inputs)
-        except Exception:
-            for x, future in live:
-                await self._run_one(loop, x, future)
-            return
-        start = 0
-        for x, future in live:
-            stop = start + x.shape[0]
-            if not future.done():
-                future.set_result([out[start:stop] for out in outputs])
-            start = stop
+    def _timed_execute(self, batch) -> tuple[list[Outcome], int, float]:
+        started = time.thread_time()
+        outcomes = self._execute(batch)
+        return outcomes, sum(x.shape[0] for x, _ in batch), time.thread_time() - started
 
-    async def _run_one(self, loop, x: np.ndarray, future: asyncio.Future) -> None:
-        if self._on_batch:
-            self._on_batch(1, x.shape[0])
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, x)
-        except Exception as exc:  # handed to the caller, who turns it into a response
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(list(outputs))
+    def _execute(self, batch) -> list[Outcome]:
+        """Runs on the loop or on a pool thread: touches no future, only computes."""
+        inputs = [x for x, future in batch]
+        if len(inputs) > 1:
+            merged = np.concatenate(inputs, axis=0)
+            try:
+                outputs = self._run_batch(merged)
+            except Exception:
+                pass  # retried one by one below, so the culprit alone gets the error
+            else:
+                if self._on_batch:
+                    self._on_batch(len(inputs), merged.shape[0])
+                offsets = np.cumsum([0] + [x.shape[0] for x in inputs])
+                return [[out[start:stop] for out in outputs]
+                        for start, stop in zip(offsets[:-1], offsets[1:])]
+        outcomes: list[Outcome] = []
+        for x in inputs:
+            if self._on_batch:
+                self._on_batch(1, x.shape[0])
+            try:
+                outcomes.append(list(self._run_batch(x)))
+            except Exception as exc:  # handed to the caller, who turns it into a response
+                outcomes.append(exc)
+        return outcomes
+
+
+def _deliver(batch, outcomes: Sequence[Outcome]) -> None:
+    for (_, future), outcome in zip(batch, outcomes):
+        if future.done():  # the caller has gone away
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -1,6 +1,6 @@
-"""Turn named-column inputs into the (rows, n_in) float32 matrix a graph takes, and
-flag rows outside the training range. Errors name the field and the problem.
-(Positional rows are checked by OnnxPredictor.validate.)"""
+"""Turn a request's inputs (positional rows or named columns, already parsed as
+finite JSON numbers) into the (rows, n_in) float32 matrix a graph takes, and flag
+rows outside the training range. Errors name the field and the problem."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence
         raise InputError(f"{field}: empty batch, send at least one row")
     matrix = np.asarray([columns[n] for n in input_names], dtype=np.float32).T
     return _finite(np.ascontiguousarray(matrix), field)
+
+
+def rows_matrix(rows: Sequence[Sequence[float]], n_features: int, field: str = "inputs") -> np.ndarray:
+    """Positional rows [[x0, x1, ...], ...] -> (rows, n_in) float32."""
+    try:
+        matrix = np.array(rows, dtype=np.float32)
+    except ValueError:  # ragged: numpy refuses an inhomogeneous shape
+        widths = sorted({len(row) for row in rows})
+        raise InputError(f"{field}: rows must all have {n_features} values, got rows of {widths} values") from None
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise InputError(f"{field}: empty batch, send at least one row")
+    if matrix.shape[1] != n_features:
+        raise InputError(f"{field}: expected {n_features} features per row, got {matrix.shape[1]}")
+    return _finite(matrix, field)
 
 
 def _finite(matrix: np.ndarray, field: str) -> np.ndarray:

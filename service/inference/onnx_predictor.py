@@ -138,6 +138,9 @@ class OnnxPredictor:
 
     def predict(self, rows) -> dict[str, np.ndarray]:
         """Validated rows (batch, n_features) -> {output name: array}."""
-        array = self.validate(rows)
-        values = self._session.run(self.output_names, {self.input_name: array})
-        return dict(zip(self.output_names, values))
+        return dict(zip(self.output_names, self.run(self.validate(rows))))
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """An array from validate() -> the outputs in output_names order (no checks:
+        the hot path validates once, where the request is converted)."""
+        return self._session.run(self.output_names, {self.input_name: array})

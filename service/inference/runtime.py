@@ -1,12 +1,14 @@
 """The gateway's inference engine: the caller's model looked up, its graph taken from
-the session cache, run off the event loop on a dedicated thread pool, optionally
-micro-batched per graph. One InferenceRuntime per process (app.state.inference).
+the session cache, micro-batched per graph and run by its MicroBatcher (on a
+dedicated thread pool, or on the loop for quick graphs: see batcher.py).
+One InferenceRuntime per process (app.state.inference).
 
 Hot path: the model version named by a request is remembered for a second
 (LookupCache); with it and the session cached, a small request is converted on the
-event loop and only the onnxruntime call goes to the pool (alone, or merged with
-others by the batcher). Otherwise one hop to the pool does the lookup query, the
-session load, the conversion (and without batching, the run).
+event loop and handed to the graph's MicroBatcher, which runs it (alone, or merged
+with others) on the loop when the graph is measured to be quick, on the pool
+otherwise. Without those caches, one hop to the pool first does the lookup query,
+the session load and the conversion.
 """
 
 from __future__ import annotations
@@ -107,12 +109,6 @@ class InferenceRuntime:
         served, predictor, ranges = self.resolve(api_key, name, version, engine)
         return served, predictor, ranges, to_matrix(served, predictor)
 
-    def _prepare_and_run(self, api_key, name, version, engine, to_matrix: ToMatrix) -> Inference:
-        served, predictor, ranges, x = self._prepare(api_key, name, version, engine, to_matrix)
-        if self._on_batch:
-            self._on_batch(1, x.shape[0])
-        return Inference(served, predictor, x, predictor.predict(x), ranges)
-
     def warm(self) -> int:
         """Load the most recently registered versions' graphs; returns how many loaded."""
         if self.settings.warm_models == 0:
@@ -134,25 +130,24 @@ class InferenceRuntime:
         if recent is not None:
             served, predictor, ranges = recent
             x = to_matrix(served, predictor)
-        elif not self.settings.batching:
-            return await self.call(self._prepare_and_run, api_key, name, version, engine, to_matrix)
         else:
             served, predictor, ranges, x = await self.call(
                 self._prepare, api_key, name, version, engine, to_matrix)
-        if not self.settings.batching:
-            if self._on_batch:
-                self._on_batch(1, x.shape[0])
-            return Inference(served, predictor, x, await self.call(predictor.predict, x), ranges)
-        key = served.cache_key
+        values = await self._batcher(served.cache_key, predictor).submit(x)
+        return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
+
+    def _batcher(self, key: CacheKey, predictor: OnnxPredictor) -> MicroBatcher:
         batcher = self._batchers.get(key)
         if batcher is None:
             self._drop_stale_batchers()
+            settings = self.settings
+            # Batching off: the same queue, but every call takes a single request.
             batcher = self._batchers[key] = MicroBatcher(
-                partial(_run_graph, predictor), self.executor, self.settings.batch_max_rows,
-                self.settings.batch_max_delay_us, self._on_batch,
-                max_concurrent=self.settings.inference_threads)
-        values = await batcher.submit(x)
-        return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
+                partial(_run_graph, predictor), self.executor,
+                settings.batch_max_rows if settings.batching else 1, settings.batch_max_delay_us,
+                self._on_batch, max_concurrent=settings.inference_threads,
+                inline_max_us=settings.inline_max_us)
+        return batcher
 
     def invalidate_model(self, model_id: str) -> None:
         """Forget a deleted model version's graphs and batchers in this process."""
@@ -175,6 +170,5 @@ def _lookup_key(api_key: str | None, name: str, version: int | None, engine: str
 
 
 def _run_graph(predictor: OnnxPredictor, x: np.ndarray) -> list[np.ndarray]:
-    """(rows, n_in) -> the graph's outputs in predictor.output_names order."""
-    outputs = predictor.predict(x)
-    return [outputs[name] for name in predictor.output_names]
+    """Validated (rows, n_in) float32 -> the graph's outputs in predictor.output_names order."""
+    return predictor.run(x)
