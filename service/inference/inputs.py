@@ -9,6 +9,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+# Up to this many values, the extrapolation flags are computed in plain Python.
+SMALL_REQUEST_VALUES = 64
+
+
 class InputError(ValueError):
     """A request's inputs do not fit the model; the message is shown to the client."""
 
@@ -51,9 +55,9 @@ def rows_matrix(rows: Sequence[Sequence[float]], n_features: int, field: str = "
 
 def _finite(matrix: np.ndarray, field: str) -> np.ndarray:
     # float32 overflow (|x| > 3.4e38) turns a finite JSON number into inf.
-    bad = ~np.isfinite(matrix)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
         raise InputError(f"{field}: row {row}, input {col} is not a finite float32 number")
     return matrix
 
@@ -64,5 +68,8 @@ def extrapolated_rows(x: np.ndarray, ranges: np.ndarray | None) -> list[bool] | 
     model is held constant (see the out-of-grid rule) and answers are extrapolations."""
     if ranges is None:
         return None
+    if x.size <= SMALL_REQUEST_VALUES:  # numpy's per-call overhead dominates on a few values
+        bounds = ranges.tolist()
+        return [any(not low <= value <= high for value, (low, high) in zip(row, bounds)) for row in x.tolist()]
     outside = (x < ranges[:, 0]) | (x > ranges[:, 1])
     return outside.any(axis=1).tolist()
