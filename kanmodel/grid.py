@@ -17,6 +17,13 @@ from kanmodel.basis import dense_basis
 PENALTY_WEIGHT = 1e-7
 # Smallest knot gap, as a fraction of the uniform gap of the same domain.
 MIN_GAP_FRACTION = 1e-3
+# The grid of a layer after the first spans its inputs' range widened by this fraction
+# on each side. Hidden activations are not bounded like raw inputs: training moves them,
+# and inputs the training rows do not cover (the corners of the input box) reach past
+# the training activations' range, where the spline is clamped (hellokan, 1000 rows,
+# seeds 0-3: final test RMSE 0.7-6e-3 with no margin, 0.7-1.4e-3 with 10%, <= 7.2e-4
+# with 3%: a wide margin leaves data-free intervals that training never constrains).
+HIDDEN_MARGIN = 0.03
 
 
 def extend_knots(inner: torch.Tensor, k: int) -> torch.Tensor:
@@ -38,6 +45,14 @@ def uniform_knots(n_in: int, grid_size: int, k: int, low: float, high: float,
     steps = torch.arange(grid_size + 1, dtype=torch.float64) / grid_size
     inner = (low + (high - low) * steps).expand(n_in, -1)
     return extend_knots(inner, k).to(dtype=dtype, device=device)
+
+
+def range_ends(x: torch.Tensor, margin: float) -> torch.Tensor:
+    """(2, in) rows at min - margin * range and max + margin * range of x (batch, in):
+    appended to the samples a grid is placed on, they widen its domain by the margin."""
+    low, high = x.min(dim=0).values, x.max(dim=0).values
+    widen = (high - low) * margin
+    return torch.stack([low - widen, high + widen])
 
 
 def data_knots(x: torch.Tensor, grid_size: int, k: int, grid_eps: float) -> torch.Tensor:

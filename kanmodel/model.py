@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kanmodel.grid import HIDDEN_MARGIN, range_ends
 from kanmodel.layer import BASE_FUNCTIONS, KANLayer
 
 TASKS = ("regression", "classification")
@@ -117,12 +118,15 @@ class KAN(nn.Module):
     @torch.no_grad()
     def update_grid(self, x) -> None:
         """Adapt every layer's knots to the data x (raw inputs, (batch, in)): the domain
-        spans the data and the coefficients are re-fitted (least squares) to keep the
-        function on x. Where x left the old domain the old function was clamped (a kink
-        a spline only approximates), so there the function is kept approximately."""
+        spans the data (for layers after the first, their inputs' range widened by
+        grid.HIDDEN_MARGIN on each side) and the coefficients are re-fitted (least
+        squares) to keep the function on x. Where x left the old domain the old function
+        was clamped (a kink a spline only approximates), so there the function is kept
+        approximately."""
         z = self._grid_samples(x)
-        for layer in self.layers:
-            layer.update_grid(z, self.grid_eps)
+        for index, layer in enumerate(self.layers):
+            samples = z if index == 0 else torch.cat([z, range_ends(z, HIDDEN_MARGIN)])
+            layer.update_grid(samples, self.grid_eps)
             z = layer(z)
 
     @torch.no_grad()

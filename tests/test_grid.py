@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kanmodel
-from kanmodel.grid import data_knots
+from kanmodel.grid import HIDDEN_MARGIN, data_knots
 
 torch.set_num_threads(1)
 
@@ -83,6 +83,24 @@ def test_update_grid_follows_data_outside_the_domain(trained_model):
     # The clamped old function has kinks at the old domain edges that a cubic spline
     # only approximates, so this is much looser than the in-domain bound.
     assert relative_change(before, after) <= 0.5
+
+
+def test_update_grid_spans_inputs_and_widens_hidden_domains(trained_model):
+    model, x = trained_model
+    model = kanmodel.from_bytes(kanmodel.to_bytes(model))
+    model.update_grid(x)
+    z = model.standardise(x)
+    with torch.no_grad():
+        for index, layer in enumerate(model.layers):
+            low, high = z.min(0).values, z.max(0).values
+            # Raw inputs are bounded by the data; hidden activations move in training
+            # and reach past the training rows' range on unseen inputs.
+            margin = 0.0 if index == 0 else HIDDEN_MARGIN * (high - low)
+            domain = layer.knots[:, layer.k], layer.knots[:, layer.grid_size + layer.k]
+            torch.testing.assert_close(domain[0], low - margin, atol=1e-5, rtol=0)
+            torch.testing.assert_close(domain[1], high + margin, atol=1e-5, rtol=0)
+            z = layer(z)
+    assert HIDDEN_MARGIN > 0
 
 
 def test_grid_changes_are_deterministic(trained_model):

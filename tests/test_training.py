@@ -26,16 +26,30 @@ def small_problem(n=300, seed=0):
     return x, torch.sin(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2
 
 
-def test_hellokan_reaches_pykan_accuracy():
-    # 3000 samples as in the JobSpec example: with 1000 the grid-20 stage ended between
-    # 7e-4 and 4.7e-3 across seeds (see the hellokan section of docs/benchmarks.md).
-    x_train, y_train = hellokan(3000, 0)
-    x_test, y_test = hellokan(1000, 1)
-    model = kanmodel.KAN([2, 5, 1], grid=3, k=3, grid_eps=1.0, seed=0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hellokan_reaches_pykan_accuracy_for_every_seed(seed):
+    # The documented recipe (docs/benchmarks.md, hellokan): 3000 rows, uniform knots,
+    # [3, 5, 10, 20] x 400 LBFGS steps. The seed draws the data and the initial model.
+    # Measured with this code, seeds 0-9 end at 0.7-4.2e-4 (the robustness table).
+    x_train, y_train = hellokan(3000, seed)
+    x_test, y_test = hellokan(1000, 1000 + seed)
+    model = kanmodel.KAN([2, 5, 1], grid=3, k=3, grid_eps=1.0, seed=seed)
     result = kanmodel.fit(model, x_train, y_train, optimizer="lbfgs", grid_schedule=[3, 5, 10, 20],
-                          steps_per_grid=400, val_fraction=0.0)
+                          steps_per_grid=400, val_fraction=0.0, seed=seed)
     assert result.stages_completed == 4 and model.grid_size == 20
     assert rmse(model, x_test, y_test) <= 1e-3
+
+
+def test_lbfgs_step_costs_one_evaluation(monkeypatch):
+    # Each step's opening closure call is answered from the line search's last
+    # evaluation; only extra line-search trials cost more.
+    evaluations = []
+    forward = kanmodel.training._Objective.forward
+    monkeypatch.setattr(kanmodel.training._Objective, "forward",
+                        lambda self, *args: evaluations.append(1) or forward(self, *args))
+    x, y = small_problem()
+    kanmodel.fit(kanmodel.KAN([2, 3, 1], grid=5, seed=0), x, y, steps_per_grid=100, val_fraction=0.0)
+    assert 100 <= len(evaluations) <= 130
 
 
 def test_digits_classification_reaches_95_percent():
