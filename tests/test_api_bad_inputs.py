@@ -67,6 +67,9 @@ JOB_CASES = [
     ("class names count", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0], [1.0]] * 2}}),
                            "task": "classification", "model": {"width": [2, 3, 2]}, "class_names": ["a"]},
      422, "body.class_names", ["1 class_names"]),
+    ("unknown symbolic function", spec_with("symbolic.library", ["sin", "sinh"]), 422, "body.symbolic.library",
+     ["unknown function(s) ['sinh']", "gaussian"]),
+    ("empty symbolic library", spec_with("symbolic.library", []), 422, "body.symbolic.library", ["at least 1"]),
     ("classification bad labels", {**spec_with("data", INLINE), "task": "classification",
                                    "model": {"width": [2, 3, 2]}}, 422, "body.data", ["class labels"]),
 ]

@@ -145,3 +145,11 @@ def test_health_and_readiness(api):
     assert api.anonymous.get("/healthz").json() == {"status": "ok"}
     ready = api.anonymous.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_the_gateways_symbolic_function_names_are_kanmodels():
+    # The gateway cannot import kanmodel (torch), so it keeps its own copy of the names.
+    from kanmodel.symbolic.library import DEFAULT_LIBRARY
+    from service.schemas.jobspec import SYMBOLIC_FUNCTIONS
+
+    assert SYMBOLIC_FUNCTIONS == DEFAULT_LIBRARY

@@ -161,14 +161,33 @@ class TrainSpec(StrictModel):
         return 1.0 if self.optimizer == "lbfgs" else 0.01
 
 
+# The names of kanmodel.symbolic.library.LIBRARY, in its order. Mirrored here because the
+# gateway never imports kanmodel (it loads torch); tests/test_api_jobs.py checks the two agree.
+SYMBOLIC_FUNCTIONS: tuple[str, ...] = (
+    "zero", "x", "x^2", "x^3", "x^4", "1/x", "1/x^2", "sqrt", "log", "abs", "exp", "sin", "cos", "tan",
+    "tanh", "arcsin", "arctan", "gaussian")
+
+
 class SymbolicSpec(StrictModel):
     enabled: bool = True
     prune: bool = False
     prune_threshold: FiniteFloat = Field(0.01, ge=0)
-    library: list[str] | None = Field(None, max_length=50, examples=[["x", "x^2", "sin", "exp"]])
+    library: list[str] | None = Field(
+        None, min_length=1, max_length=50, examples=[["x", "x^2", "sin", "exp"]],
+        description=f"Functions an edge may be snapped to (default: all of {list(SYMBOLIC_FUNCTIONS)}).")
     time_budget_seconds: FiniteFloat = Field(
         120.0, gt=0, le=3600,
         description="Seconds formula extraction may take; past it the model is registered without a formula.")
+
+    @field_validator("library")
+    @classmethod
+    def _known_functions(cls, library: list[str] | None) -> list[str] | None:
+        if library is None:
+            return None
+        unknown = [name for name in library if name not in SYMBOLIC_FUNCTIONS]
+        if unknown:
+            raise ValueError(f"unknown function(s) {unknown}; known: {list(SYMBOLIC_FUNCTIONS)}")
+        return list(dict.fromkeys(library))  # repeated names are one candidate
 
 
 class ExportSpec(StrictModel):
