@@ -195,6 +195,96 @@ def interval_polynomials(knots: torch.Tensor, k: int) -> torch.Tensor:
     return table.to(knots.dtype)
 
 
+class IntervalTable(NamedTuple):
+    """What the layer op needs from non-uniform knots, built once per knot table
+    (interval_table). Intervals are numbered globally: column i * G + m is interval m of
+    input i.
+
+    rows: (2 + (k + 1)^2, in * G) per interval (column): start, 1 / width, then the
+        coefficient of u^p in B_{m + r} in row 2 + p * (k + 1) + r (see interval_polynomials)
+    low, high: (in,) the domain [t_k, t_{G+k}] per input
+    cell_offset, cell_scale: (in,) cell coordinate c = cell_offset + cell_scale * x, in
+        [0, cells] over the domain (cells equal parts)
+    cell_first: (in * cells,) the first column that a point of cell i * cells + c can be in
+    next_knot: (in * G,) right end of each interval (+inf for the last one of an input)
+    steps: how many knots at most lie in one cell: locate walks that many times
+    """
+
+    rows: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    cell_offset: torch.Tensor
+    cell_scale: torch.Tensor
+    cell_first: torch.Tensor
+    next_knot: torch.Tensor
+    steps: int
+    cells: int
+    grid_size: int
+
+    def locate(self, x: torch.Tensor) -> torch.Tensor:
+        """x (batch, in) inside the domain -> (batch * in,) int64 global interval column,
+        as searchsorted(knots, x, right=True) would give (the right end belongs to the
+        last interval): a lookup in equal cells, then at most `steps` steps forward."""
+        batch, n_in = x.shape
+        cell = torch.addcmul(self.cell_offset, x, self.cell_scale).clamp_(0, self.cells - 1)
+        column = self.cell_first.index_select(0, cell.long().view(-1).add_(
+            _cell_starts(batch, n_in, self.cells, x.device)))
+        flat = x.reshape(-1)
+        for _ in range(self.steps):
+            column += flat >= self.next_knot.index_select(0, column)
+        return column
+
+    def column_offsets(self, batch: int) -> torch.Tensor:
+        """(batch * in,) int64: i * G, the column of input i's first interval."""
+        return _cell_starts(batch, self.low.shape[0], self.grid_size, self.low.device)
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
+    """(batch * in,) int64: i * per_input for each (row, input)."""
+    return (torch.arange(n_in, device=device) * per_input).repeat(batch)
+
+
+def interval_table(knots: torch.Tensor, k: int, max_entries: int = 1 << 20) -> IntervalTable:
+    """IntervalTable for increasing knots (in, G + 2k + 1). The cells are refined (up to
+    max_entries lookup entries) until no cell holds more than one knot, so locate
+    usually takes one step."""
+    n_in = knots.shape[0]
+    grid_size = knots.shape[1] - 2 * k - 1
+    knots64 = knots.to(torch.float64)
+    inner = knots64[:, k: grid_size + k + 1].contiguous()                  # (in, G + 1)
+    low, high = inner[:, 0], inner[:, -1]
+    cells = 4 * grid_size
+    while True:
+        width = (high - low) / cells
+        # A point of cell c may lie a little outside it (rounding of the cell coordinate):
+        # look up from 1 % of a cell before its start, walk up to 1 % after its end.
+        edges = torch.arange(cells + 1, dtype=torch.float64, device=knots.device)
+        first = _interval_of(inner, low[:, None] + (edges[:-1] - 0.01) * width[:, None])
+        last = _interval_of(inner, low[:, None] + (edges[1:] + 0.01) * width[:, None])
+        steps = int((last - first).max())
+        if steps <= 1 or 2 * cells * n_in > max_entries:
+            break
+        cells *= 2
+    next_knot = inner[:, 1:].clone()
+    next_knot[:, -1] = float("inf")
+    offsets = torch.arange(n_in, device=knots.device)
+    dtype = knots.dtype
+    return IntervalTable(
+        rows=interval_polynomials(knots, k).roll(2, dims=0).contiguous(),
+        low=low.to(dtype), high=high.to(dtype),
+        cell_offset=(-low * cells / (high - low)).to(dtype), cell_scale=(cells / (high - low)).to(dtype),
+        cell_first=(first + offsets[:, None] * grid_size).reshape(-1),
+        next_knot=next_knot.to(dtype).reshape(-1), steps=steps, cells=cells, grid_size=grid_size)
+
+
+def _interval_of(inner: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Interval m in [0, G - 1] of each point (in, n) (clamped into the domain)."""
+    grid_size = inner.shape[1] - 1
+    count = torch.searchsorted(inner, points.contiguous(), right=True)
+    return (count - 1).clamp_(0, grid_size - 1)
+
+
 def local_basis(x: torch.Tensor, knots: torch.Tensor, k: int, uniform: bool,
                 with_derivative: bool = False) -> LocalBasis:
     """Non-zero B-spline values at ``x`` (layout: see LocalBasis).

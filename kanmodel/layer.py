@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kanmodel.basis import clamp_to_domain, dense_basis, interval_polynomials, uniform_coordinates
+from kanmodel.basis import clamp_to_domain, dense_basis, interval_table, uniform_coordinates
 from kanmodel.grid import data_knots, fit_coefficients, refined_knots, uniform_knots
 from kanmodel.spline_op import kan_layer
 
@@ -74,7 +74,7 @@ class KANLayer(nn.Module):
         key = (knots.data_ptr(), knots._version, knots.dtype, knots.device, knots.shape, self.uniform)
         if self._constants_key != key:
             self._constants = (uniform_coordinates(knots, self.k) if self.uniform
-                               else interval_polynomials(knots, self.k))
+                               else interval_table(knots, self.k))
             self._constants_key = key
         return self._constants
 

@@ -3,60 +3,125 @@
 Forward: evaluate the k + 1 non-zero basis values per input, scatter them into the
 (flattened) dense basis matrix (batch, in * (G + k)) and multiply once by the folded weights
 (out, in * (G + k)) = coef * spline_weight * mask, plus the base matmul and bias.
-The basis values are computed as (k + 1, batch, in) planes so every elementwise
-step runs over contiguous memory, and their flat positions in the dense matrix are
-kept in the same layout: a 1-D scatter and a 1-D index_select measured about 2x faster
-than scatter/gather along the basis dimension. Backward: the weight gradient is
-``grad_out^T @ dense``; the input gradient needs only the k + 1 basis derivatives
-against ``grad_out @ weight`` read at those positions, so no Cox-de Boor table and no autograd graph
-of the basis is ever kept. One autograd node per layer also keeps the per-call
-overhead low for small layers.
+Backward: the weight gradient is ``grad_out^T @ dense``; the input gradient needs only
+the k + 1 entries of ``grad_out @ weight`` at the scattered positions (one index_select
+of overlapping (k + 1)-rows) against the basis derivatives, so no Cox-de Boor table and
+no autograd graph of the basis is ever kept. One autograd node per layer also keeps the
+per-call overhead low for small layers.
+
+How the ops are chosen (measured on a shared 2-core CPU, docs/benchmarks.md): torch runs
+an elementwise op over more than 32768 elements, and MKL a matmul, as a parallel region,
+and with 2 threads each region costs 0.1-0.5 ms whenever the other core is busy. So large
+layers build the basis from (batch, in) planes, one op per plane (each below that size for
+the benchmarked layers), write them with one 1-D scatter per plane (1-D scatter and
+index_select run single-threaded), and use a closed form for the cubic basis instead of
+a (4 x 4) @ (4 x n) matmul (10x slower under load when MKL threads it). Small layers,
+where per-op overhead dominates, do each step as one op over all planes.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from kanmodel.basis import basis_rows, interval_polynomials, uniform_coordinates, uniform_unit_basis
+from kanmodel.basis import IntervalTable, interval_table, uniform_basis_matrix, uniform_coordinates
+
+# Elementwise ops over more elements than this run as parallel regions (at::internal::GRAIN_SIZE).
+_PARALLEL_SIZE = 32768
+# Up to this many outputs, (out, K) @ (K, batch) beats (batch, K) @ (K, out) by 1.5-2x (MKL).
+_THIN_OUTPUT = 16
 
 
-def _uniform_basis(x, knots, k, grid_size, with_derivative, constants):
-    """Closed form on equally spaced knots. -> (values (k + 1, batch, in), knot interval
-    m (batch, in) int64 (the first non-zero basis function is m - k), d values / d local
-    coordinate, d coordinate / dx masked to zero outside the domain)."""
-    offset, scale = constants if constants is not None else uniform_coordinates(knots, k)
+@functools.lru_cache(maxsize=64)
+def _power_matrices(k: int, dtype: torch.dtype, device: torch.device):
+    """(values (k + 1, k + 1), derivatives (k, k + 1)) of the uniform basis: rows are
+    basis functions resp. powers of u, ready for mm against (power, n) planes."""
+    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)   # (p, r)
+    ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
+    return matrix.t().contiguous(), (matrix[1:] * ramp).contiguous()
+
+
+def _cubic_values(u: torch.Tensor, values: torch.Tensor):
+    """Uniform cubic B-spline at local coordinate u (batch, in) into values (4, batch, in):
+    B0 = w^3 / 6, B3 = u^3 / 6 (w = 1 - u), and from the partition of unity and the
+    symmetry B2(u) = B1(w): B1 = w + B3 - 2 B0, B2 = u + B0 - 2 B3.
+    Returns (w^2, u^2) for _uniform_input_grad."""
+    w = torch.rsub(u, 1)
+    u2, w2 = u * u, w * w
+    b0, b1, b2, b3 = values.unbind(0)
+    torch.mul(w2, w, out=b0).mul_(1 / 6)
+    torch.mul(u2, u, out=b3).mul_(1 / 6)
+    torch.add(w, b3, out=b1).sub_(b0, alpha=2)
+    torch.add(u, b0, out=b2).sub_(b3, alpha=2)
+    return w2, u2
+
+
+def _uniform_basis(x, k, grid_size, with_derivative, constants):
+    """Closed form on equally spaced knots.
+    -> (values (k + 1, batch, in), index of the first non-zero function (batch, in) int64,
+        state for _uniform_input_grad, d coordinate / dx masked to zero outside the domain)."""
+    offset, scale = constants
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
-    values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
-    chain = torch.where(clamped == t, scale, 0.0) if with_derivative else None
-    return values, interval, derivatives, chain
+    # t >= k > 0, so floor is the knot interval m; the right end belongs to the last one.
+    interval = clamped.floor().clamp_(max=grid_size + k - 1)
+    u = clamped - interval
+    values = x.new_empty(k + 1, *x.shape)
+    if k == 3 and values.numel() > _PARALLEL_SIZE:
+        state = _cubic_values(u, values)
+    else:
+        powers = x.new_empty(k + 1, *x.shape)
+        powers[0].fill_(1)
+        powers[1].copy_(u)
+        for p in range(2, k + 1):
+            torch.mul(powers[p - 1], u, out=powers[p])
+        matrix, _ = _power_matrices(k, x.dtype, x.device)
+        torch.mm(matrix, powers.view(k + 1, -1), out=values.view(k + 1, -1))
+        state = powers
+    chain = None
+    if with_derivative:
+        outside = torch.sub(t, clamped).abs_().sign_()          # 1 where clamped, else 0
+        chain = torch.addcmul(scale, outside, scale, value=-1)
+    return values, interval.sub_(k).long(), state, chain
 
 
-def _general_basis(x, knots, k, grid_size, with_derivative, constants):
-    """Any increasing knots: locate the interval, gather its polynomials (see
-    basis.interval_polynomials) and evaluate them; same outputs as _uniform_basis except
-    that the index returned is the first non-zero basis function itself."""
-    table = constants if constants is not None else interval_polynomials(knots, k)
-    batch, n_in = x.shape
-    low, high = knots[:, k], knots[:, grid_size + k]
-    clamped = torch.clamp(x, low, high)
-    inner = knots[:, k: grid_size + k + 1].contiguous()
-    count = torch.searchsorted(inner, clamped.t().contiguous(), right=True)
-    interval = (count - 1).clamp_(0, grid_size - 1).t().contiguous()
-    column = interval + torch.arange(n_in, device=x.device) * grid_size
-    gathered = table.index_select(1, column.reshape(-1)).view(-1, batch, n_in)
-    powers = gathered[: (k + 1) ** 2].view(k + 1, k + 1, batch, n_in)
-    start, inverse_width = gathered[-2], gathered[-1]
-    u = (clamped - start) * inverse_width
-    values = torch.addcmul(powers[k - 1], powers[k], u)
+def _uniform_input_grad(picked: torch.Tensor, state, k: int) -> torch.Tensor:
+    """sum_r dB_r/du * picked[r] for picked (k + 1, batch, in)."""
+    if k == 3 and picked.numel() > _PARALLEL_SIZE:
+        # dB/du is the quadratic basis (w^2 / 2, 1 - (w^2 + u^2) / 2, u^2 / 2) applied to
+        # the differences q_r = picked[r + 1] - picked[r].
+        w2, u2 = state
+        p0, p1, p2, p3 = picked.unbind(0)
+        middle = p2 - p1
+        grad = torch.addcmul(middle, w2, torch.sub(p1, p0).sub_(middle), value=0.5)
+        return grad.addcmul_(u2, torch.sub(p3, p2).sub_(middle), value=0.5)
+    _, d_matrix = _power_matrices(k, picked.dtype, picked.device)
+    per_power = torch.mm(d_matrix, picked.reshape(k + 1, -1)).view(k, *picked.shape[1:])
+    return per_power.mul_(state[:k]).sum(0)
+
+
+def _general_basis(x, k, grid_size, with_derivative, table: IntervalTable):
+    """Any increasing knots: locate each input's interval with table.locate, gather the
+    interval's column of table.rows (start, 1 / width, polynomial coefficients) with one
+    index_select and evaluate by Horner.
+    -> (values (k + 1, n), first non-zero function (n,) int64, derivatives (k + 1, n),
+        d coordinate / dx masked to zero outside the domain (n,)), n = batch * in."""
+    clamped = torch.clamp(x, table.low, table.high)
+    column = table.locate(clamped)                              # (n,) global interval i G + m
+    gathered = table.rows.index_select(1, column)               # (2 + (k + 1)^2, n)
+    u = torch.sub(clamped.view(-1), gathered[0]).mul_(gathered[1])
+    coefficients = gathered[2:].view(k + 1, k + 1, -1)         # [power, r, n]
+    values = torch.addcmul(coefficients[k - 1], coefficients[k], u)
     for p in range(k - 2, -1, -1):
-        values = torch.addcmul(powers[p], values, u)
+        values = torch.addcmul(coefficients[p], values, u)
     derivatives = chain = None
     if with_derivative:
-        derivatives = powers[k] * k
+        derivatives = coefficients[k] * k
         for p in range(k - 1, 0, -1):
-            derivatives = torch.add(derivatives * u, powers[p], alpha=p)
-        chain = ((x >= low) & (x <= high)) * inverse_width
-    return values, interval, derivatives, chain
+            derivatives = torch.addcmul(coefficients[p], derivatives, u, value=1 / p).mul_(p)
+        outside = torch.sub(x, clamped).abs_().sign_().view(-1)
+        chain = torch.addcmul(gathered[1], outside, gathered[1], value=-1)
+    return values, column - table.column_offsets(x.shape[0]), derivatives, chain
 
 
 def _base_terms(x: torch.Tensor, base: str, with_derivative: bool):
@@ -64,12 +129,12 @@ def _base_terms(x: torch.Tensor, base: str, with_derivative: bool):
     'identity'."""
     if base == "identity":
         return x, None
+    if not with_derivative:
+        return torch.nn.functional.silu(x), None
     sigmoid = torch.sigmoid(x)
     activated = x * sigmoid
-    if not with_derivative:
-        return activated, None
-    # silu'(x) = s + x s (1 - s) = s (1 + x - x s), in place on one temporary
-    return activated, (x - activated).add_(1).mul_(sigmoid)
+    # silu'(x) = s + s (x - silu(x))
+    return activated, torch.addcmul(sigmoid, sigmoid, x - activated)
 
 
 class KANLayerFunction(torch.autograd.Function):
@@ -78,8 +143,8 @@ class KANLayerFunction(torch.autograd.Function):
 
     x: (batch, in); coef: (out, in, G + k); spline_weight, base_weight, mask: (out, in);
     bias: (out,); knots: (in, G + 2k + 1); base: 'silu', 'identity' or 'zero'.
-    (The matmuls use grad_out^T @ dense and a row-major (out, ...) weight: the other
-    orientations measured 5-9x slower for thin outputs.)
+    (The weight gradient is grad_out^T @ dense with a row-major (out, ...) weight: the
+    other orientations measured 5-9x slower for thin outputs.)
     Inputs outside [t_k, t_{G+k}] are clamped for the spline term, so its gradient is
     zero there (on the boundary itself the inside derivative is used).
     """
@@ -91,42 +156,66 @@ class KANLayerFunction(torch.autograd.Function):
         n_out, _, n_basis = coef.shape
         grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
-        evaluate = _uniform_basis if uniform else _general_basis
-        values, index, derivatives, chain = evaluate(x, knots, k, grid_size, need_x_grad, constants)
-        # Flat positions in dense of the (k + 1, batch, in) values; on uniform knots the
-        # index is the knot interval m, whose first non-zero function is m - k.
-        shift = k if uniform else 0
-        row_starts = torch.arange(-shift, batch * n_in * n_basis - shift, n_basis, device=x.device)
-        positions = basis_rows(index + row_starts.view(batch, n_in), k).view(-1)
-        dense = x.new_zeros(batch * n_in * n_basis).scatter_(0, positions, values.view(-1))
-        dense = dense.view(batch, n_in * n_basis)
+        if uniform:
+            if constants is None:
+                constants = uniform_coordinates(knots, k)
+            values, first, state, chain = _uniform_basis(x, k, grid_size, need_x_grad, constants)
+        else:
+            if constants is None:
+                constants = interval_table(knots, k)
+            values, first, state, chain = _general_basis(x, k, grid_size, need_x_grad, constants)
+        # Flat position in dense of each input's first non-zero function; value r goes r
+        # further on.
+        positions = first.view(-1).add_(_block_starts(batch * n_in, n_basis, x.device))
+        flat = x.new_zeros(batch * n_in * n_basis)
+        if values.numel() <= _PARALLEL_SIZE:
+            flat.scatter_(0, (positions + _ramp(k, x.device)).view(-1), values.view(-1))
+        else:
+            for r in range(k + 1):
+                flat[r:].scatter_(0, positions, values[r].view(-1))
+        dense = flat.view(batch, n_in * n_basis)
         scale = spline_weight * mask
         weight = (coef * scale.unsqueeze(-1)).view(n_out, -1)
         activated = base_slope = base_matrix = None
-        if base == "zero":
-            out = torch.addmm(bias, dense, weight.t())
-        else:
+        if base != "zero":
             activated, base_slope = _base_terms(x, base, need_x_grad)
             base_matrix = base_weight * mask
-            out = torch.addmm(bias, activated, base_matrix.t()).addmm_(dense, weight.t())
+        if n_out <= _THIN_OUTPUT and dense.numel() > _PARALLEL_SIZE:
+            out = torch.addmm(bias.unsqueeze(1), weight, dense.t())
+            if base_matrix is not None:
+                out.addmm_(base_matrix, activated.t())
+            out = out.t().contiguous()
+        else:
+            out = torch.addmm(bias, dense, weight.t())
+            if base_matrix is not None:
+                out.addmm_(activated, base_matrix.t())
         # Inputs go through save_for_backward; intermediates made here are kept on ctx
         # directly (cheaper to unpack, which matters for small layers; they live as long
         # as the graph, so repeated backward passes, as in gradcheck, still work).
         ctx.save_for_backward(coef, mask)
-        ctx.intermediates = (dense, positions, derivatives, chain, weight, scale,
+        ctx.intermediates = (dense, positions, state, chain, weight, scale,
                              activated, base_slope, base_matrix)
+        ctx.layout = (k, uniform)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         coef, mask = ctx.saved_tensors
-        (dense, positions, derivatives, chain, weight, scale,
+        (dense, positions, state, chain, weight, scale,
          activated, base_slope, base_matrix) = ctx.intermediates
+        k, uniform = ctx.layout
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:
-            grad_dense = torch.mm(grad_out, weight).view(-1).index_select(0, positions)
-            grad_x = grad_dense.view_as(derivatives).mul_(derivatives).sum(0).mul_(chain)
+            batch, n_in = dense.shape[0], coef.shape[1]
+            grad_dense = torch.mm(grad_out, weight).view(-1)
+            # Row p of the overlapping (len - k, k + 1) view holds entries p .. p + k.
+            picked = grad_dense.unfold(0, k + 1, 1).index_select(0, positions).t()   # (k + 1, n)
+            if uniform:
+                grad_x = _uniform_input_grad(picked.view(k + 1, batch, n_in), state, k)
+            else:
+                grad_x = torch.mul(picked, state).sum(0)
+            grad_x = grad_x.view(batch, n_in).mul_(chain.view(batch, n_in))
             if base_matrix is not None:
                 grad_base = torch.mm(grad_out, base_matrix)
                 if base_slope is None:
@@ -147,10 +236,21 @@ class KANLayerFunction(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
+@functools.lru_cache(maxsize=16)
+def _block_starts(count: int, n_basis: int, device: torch.device) -> torch.Tensor:
+    """Flat offset in dense of each (row, input) block of n_basis columns."""
+    return torch.arange(0, count * n_basis, n_basis, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _ramp(k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(k + 1, device=device).view(k + 1, 1)
+
+
 def kan_layer(x, coef, spline_weight, base_weight, bias, mask, knots, k: int, uniform: bool,
               base: str, constants=None) -> torch.Tensor:
     """(batch, in) -> (batch, out); see KANLayerFunction. constants: what depends on the
     knots only, when the caller has it cached: basis.uniform_coordinates(knots, k) for
-    uniform knots, basis.interval_polynomials(knots, k) otherwise."""
+    uniform knots, basis.interval_table(knots, k) otherwise."""
     return KANLayerFunction.apply(x, coef, spline_weight, base_weight, bias, mask, knots,
                                   k, uniform, base, constants)

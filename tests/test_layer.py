@@ -193,3 +193,59 @@ def test_gradcheck_every_base_function(base):
 
     assert torch.autograd.gradcheck(run, (x, *params))
 
+
+
+def reference_layer(layer: KANLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer written with autograd over the full basis table (dense_basis)."""
+    from kanmodel.basis import clamp_to_domain, dense_basis
+
+    basis = dense_basis(clamp_to_domain(x, layer.knots, layer.k), layer.knots, layer.k, layer.uniform)
+    weight = layer.coef * (layer.spline_weight * layer.mask).unsqueeze(-1)
+    spline = torch.einsum("bni,oin->bo", basis, weight)
+    return spline + layer.base_fn(x) @ (layer.base_weight * layer.mask).t() + layer.bias
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize("n_out", [3, 40])
+def test_large_layers_match_the_autograd_reference(k, uniform, n_out):
+    """Batches big enough for the per-plane paths of the layer op (closed-form cubic,
+    one scatter per basis plane, thin-output matmul), values and all gradients."""
+    generator = torch.Generator().manual_seed(k)
+    layer = KANLayer(9, n_out, grid_size=7, k=k, dtype=torch.float64, generator=generator)
+    with torch.no_grad():
+        layer.coef.normal_(generator=generator)
+        layer.bias.normal_(generator=generator)
+        layer.spline_weight.uniform_(0.5, 1.5, generator=generator)
+        layer.mask[0, 1] = 0.0
+    if not uniform:
+        samples = torch.randn(500, 9, generator=generator, dtype=torch.float64) ** 3
+        layer.set_knots(data_knots(samples, 7, k, grid_eps=0.02), uniform=False)
+    x = points_avoiding_the_domain_edges(layer, 4000).requires_grad_()
+    assert x.numel() * (k + 1) > 32768
+    upstream = torch.randn(4000, n_out, generator=generator, dtype=torch.float64)
+    params = [x, layer.coef, layer.spline_weight, layer.base_weight, layer.bias]
+    ours = layer(x)
+    expected = reference_layer(layer, x)
+    torch.testing.assert_close(ours, expected)
+    grads = torch.autograd.grad(ours, params, upstream)
+    expected_grads = torch.autograd.grad(expected, params, upstream)
+    for name, got, want in zip(["x", "coef", "spline_weight", "base_weight", "bias"], grads, expected_grads):
+        torch.testing.assert_close(got, want, msg=name)
+    assert grads[0][(x.detach() < layer.knots[:, k]) | (x.detach() > layer.knots[:, 7 + k])].abs().max() > 0
+
+
+def test_interval_lookup_agrees_with_searchsorted():
+    from kanmodel.basis import interval_table
+
+    generator = torch.Generator().manual_seed(0)
+    k, grid_size = 3, 12
+    samples = torch.randn(2000, 4, generator=generator, dtype=torch.float64) ** 5   # clustered knots
+    knots = data_knots(samples, grid_size, k, grid_eps=0.0)
+    table = interval_table(knots, k)
+    inner = knots[:, k: grid_size + k + 1]
+    x = torch.cat([torch.rand(3000, 4, generator=generator, dtype=torch.float64) * (inner[:, -1] - inner[:, 0])
+                   + inner[:, 0], inner.t()])                   # every knot itself, both ends included
+    expected = (torch.searchsorted(inner.contiguous(), x.t().contiguous(), right=True) - 1).clamp_(0, grid_size - 1)
+    expected = expected.t() + torch.arange(4) * grid_size
+    torch.testing.assert_close(table.locate(x), expected.reshape(-1), rtol=0, atol=0)
