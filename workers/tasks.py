@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import socket
 import threading
@@ -39,9 +40,10 @@ signals.worker_process_init.connect(_set_threads, weak=False)
 
 # Set when the worker is asked to stop (SIGTERM: docker stop, Ctrl-C of `kanserve up`): the
 # running job stops at its next step and goes back to the queue instead of holding the
-# shutdown until it finishes. (With the default solo pool the job runs in this process; a
-# prefork child finishes its job before the warm shutdown completes.)
-SHUTTING_DOWN = threading.Event()
+# shutdown until it finishes. A multiprocessing Event, created when the worker's main
+# process imports this module, before it forks its pool: only the main process hears of the
+# shutdown (worker_shutting_down), and prefork children (concurrency > 1) must see it too.
+SHUTTING_DOWN = multiprocessing.Event()
 
 
 @signals.worker_shutting_down.connect(weak=False)

@@ -33,11 +33,12 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=30,
                             headers={"Authorization": f"Bearer {key or self.key}"})
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, concurrency: int = 1) -> subprocess.Popen:
+        """concurrency 1: the solo pool (the job runs in the worker process); more: prefork."""
         self.worker_starts += 1
         log = self.logs / f"worker-{self.worker_starts}.log"
         worker = kanserve("worker", "--queues", "train", "--hostname", f"w{self.worker_starts}@%h",
-                          env=self.env, log=log)
+                          "--concurrency", str(concurrency), env=self.env, log=log)
         wait_for_log(log, r"ready\.", worker, timeout=90)
         self.processes["worker"] = worker
         return worker

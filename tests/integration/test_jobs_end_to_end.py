@@ -8,10 +8,11 @@ import copy
 import hashlib
 import math
 import re
+import signal
 
 import pytest
 
-from kanserve_harness import HELLOKAN_SPEC, follow_events, log_text, wait_for_job
+from kanserve_harness import HELLOKAN_SPEC, follow_events, log_text, stop, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +139,26 @@ def test_diverging_job_fails_with_a_useful_message(production_stack):
         job = wait_for_job(client, job_id, ("failed", "succeeded"), timeout=120)
         assert job["status"] == "failed" and "diverged" in job["error"] and "smaller lr" in job["error"]
         assert client.get("/v1/models/boom").status_code == 404
+
+
+def test_a_prefork_worker_hands_its_running_job_back_on_sigterm(production_stack):
+    # SIGTERM reaches only the worker's main process (as with `docker stop`); the job runs
+    # in a pool child, which must still stop at its next step instead of finishing the job.
+    stack = production_stack
+    stop(stack.processes.pop("worker"))
+    stack.start_worker(concurrency=2)
+    with stack.client() as client:
+        job_id = client.post("/v1/jobs", json={**LONG_SPEC, "name": "handback"}).json()["id"]
+        running = wait_for_job(client, job_id, ("running",),
+                               predicate=lambda job: (job["progress"].get("step") or 0) > 5)
+        worker = stack.processes.pop("worker")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(120) == 0, log_text(stack)  # hang guard: a warm shutdown that never ends
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "queued", (job, log_text(stack))
+        assert running["progress"]["step"] <= job["progress"]["step"] < job["progress"]["total_steps"]
+        assert any("shut down" in note for note in job["progress"]["notes"]), job
+
+        stack.start_worker()  # its sweep re-sends the handed-back job, which resumes
+        job = wait_for_job(client, job_id, ("succeeded", "failed", "cancelled"), timeout=180)
+        assert job["status"] == "succeeded" and job["deliveries"] == 2, (job, log_text(stack))
