@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from kanmodel.lbfgs import LBFGS
 from kanmodel.model import KAN, as_tensor
 from kanmodel.regularization import sparsity_penalty
 
@@ -157,13 +158,14 @@ def _check_options(model, optimizer, grid_schedule, steps_per_grid, lr, batch_si
 class _LBFGSObjective:
     """The objective as one LBFGS run (from one optimizer start to the next) sees it.
 
-    Scaled by 1 / its value at the run's first evaluation: torch's LBFGS has
-    absolute thresholds (a curvature pair is kept only if y.s > 1e-10), which an MSE
+    Scaled by 1 / its value at the run's first evaluation: LBFGS (torch's, and
+    kanmodel.lbfgs, which follows it) has absolute thresholds (a curvature pair is
+    kept only if y.s > 1e-10), which an MSE
     of ~1e-7 in standardised units, reached on the finer grids, never passes; LBFGS
     then falls back to steepest descent and stalls (measured on hellokan: the grid-20
     stage froze at 9.5e-4 RMSE). Scaling by a constant moves no minimum.
 
-    Remembers its last evaluation: torch's LBFGS starts every step() by evaluating
+    Remembers its last evaluation: LBFGS starts every step() by evaluating
     the closure at the current parameters, which its line search evaluated at the
     end of the previous step already (it re-applies the same update, so the
     parameters are bit-identical). With one iteration per step that is every second
@@ -199,12 +201,8 @@ class _LBFGSObjective:
 def _new_optimizer(model: KAN, optimizer: str, lr: float):
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "lbfgs":
-        return params, torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=LBFGS_HISTORY,
-                                         # max_eval defaults to 1.25 * max_iter = 1, which
-                                         # leaves the line search no evaluation at all.
-                                         max_eval=25,
-                                         line_search_fn="strong_wolfe",
-                                         tolerance_grad=1e-12, tolerance_change=1e-14)
+        return params, LBFGS(params, lr=lr, history_size=LBFGS_HISTORY,
+                             tolerance_grad=1e-12, tolerance_change=1e-14)
     return params, torch.optim.Adam(params, lr=lr)
 
 
@@ -293,9 +291,9 @@ def fit(model: KAN, X, y, optimizer: str = "lbfgs", grid_schedule: list[int] | N
 
                 objective_value = opt.step(closure).detach()
                 if last_objective is not None and bool(objective_value == last_objective):
-                    # No movement: torch's LBFGS keeps re-proposing a non-descent direction
+                    # No movement: LBFGS keeps re-proposing a non-descent direction
                     # from its stale history (float32 rounding); restart from steepest descent.
-                    opt.state.clear()
+                    opt.reset()
                 last_objective = objective_value
                 train_loss = float(reported["loss"])
             else:
@@ -312,8 +310,8 @@ def fit(model: KAN, X, y, optimizer: str = "lbfgs", grid_schedule: list[int] | N
                 opt.step()
                 objective_value = objective_value.detach()
                 train_loss = float(shown)
-            if not math.isfinite(float(objective_value)) or not all(
-                    bool(torch.isfinite(p).all()) for p in params):
+            if not math.isfinite(float(objective_value)) or not bool(
+                    torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params])).all()):
                 raise TrainingDiverged(
                     f"training diverged at stage {stage} (grid {grid}), step {step}: the loss "
                     f"became {float(objective_value)}. Try a smaller lr (now {lr}), a smaller "
