@@ -245,7 +245,7 @@ def _cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) ->
     return (torch.arange(n_in, device=device) * per_input).repeat(batch)
 
 
-def interval_table(knots: torch.Tensor, k: int, max_entries: int = 1 << 20) -> IntervalTable:
+def interval_table(knots: torch.Tensor, k: int, max_entries: int = 1 << 18) -> IntervalTable:
     """IntervalTable for increasing knots (in, G + 2k + 1). The cells are refined (up to
     max_entries lookup entries) until no cell holds more than one knot, so locate
     usually takes one step."""
@@ -254,14 +254,17 @@ def interval_table(knots: torch.Tensor, k: int, max_entries: int = 1 << 20) -> I
     knots64 = knots.to(torch.float64)
     inner = knots64[:, k: grid_size + k + 1].contiguous()                  # (in, G + 1)
     low, high = inner[:, 0], inner[:, -1]
+    # The cell coordinate of x is computed in the knots' dtype: a point may land in a
+    # neighbouring cell by its rounding error (relative eps at the domain's magnitude).
+    rounding = 8 * torch.finfo(knots.dtype).eps * torch.maximum(low.abs(), high.abs()) / (high - low)
     cells = 4 * grid_size
     while True:
         width = (high - low) / cells
-        # A point of cell c may lie a little outside it (rounding of the cell coordinate):
-        # look up from 1 % of a cell before its start, walk up to 1 % after its end.
+        margin = (0.01 + rounding * cells)[:, None]                         # in cells
+        # Look up from the margin before a cell's start, walk up to the margin after its end.
         edges = torch.arange(cells + 1, dtype=torch.float64, device=knots.device)
-        first = _interval_of(inner, low[:, None] + (edges[:-1] - 0.01) * width[:, None])
-        last = _interval_of(inner, low[:, None] + (edges[1:] + 0.01) * width[:, None])
+        first = _interval_of(inner, low[:, None] + (edges[:-1] - margin) * width[:, None])
+        last = _interval_of(inner, low[:, None] + (edges[1:] + margin) * width[:, None])
         steps = int((last - first).max())
         if steps <= 1 or 2 * cells * n_in > max_entries:
             break

@@ -235,17 +235,23 @@ def test_large_layers_match_the_autograd_reference(k, uniform, n_out):
     assert grads[0][(x.detach() < layer.knots[:, k]) | (x.detach() > layer.knots[:, 7 + k])].abs().max() > 0
 
 
-def test_interval_lookup_agrees_with_searchsorted():
+@pytest.mark.parametrize("dtype, shift, spread, grid_eps", [(torch.float64, 0.0, 1.0, 0.0),
+                                                            (torch.float32, 0.0, 1.0, 0.0),
+                                                            (torch.float32, 30000.0, 0.0005, 0.5)])
+def test_interval_lookup_agrees_with_searchsorted(dtype, shift, spread, grid_eps):
+    """Clustered knots (several per lookup cell before refinement), every knot itself and
+    both ends, and a narrow domain far from 0 where float32 rounds the cell coordinate."""
     from kanmodel.basis import interval_table
 
     generator = torch.Generator().manual_seed(0)
     k, grid_size = 3, 12
-    samples = torch.randn(2000, 4, generator=generator, dtype=torch.float64) ** 5   # clustered knots
-    knots = data_knots(samples, grid_size, k, grid_eps=0.0)
+    samples = torch.randn(2000, 4, generator=generator, dtype=torch.float64) ** 5 * spread + shift
+    knots = data_knots(samples, grid_size, k, grid_eps=grid_eps).to(dtype)
     table = interval_table(knots, k)
     inner = knots[:, k: grid_size + k + 1]
-    x = torch.cat([torch.rand(3000, 4, generator=generator, dtype=torch.float64) * (inner[:, -1] - inner[:, 0])
-                   + inner[:, 0], inner.t()])                   # every knot itself, both ends included
+    x = torch.cat([torch.rand(3000, 4, generator=generator, dtype=dtype) * (inner[:, -1] - inner[:, 0])
+                   + inner[:, 0], inner.t(),                   # every knot, and the values next to it
+                   torch.nextafter(inner, inner + 1).t()[:-1], torch.nextafter(inner, inner - 1).t()[1:]])
     expected = (torch.searchsorted(inner.contiguous(), x.t().contiguous(), right=True) - 1).clamp_(0, grid_size - 1)
     expected = expected.t() + torch.arange(4) * grid_size
     torch.testing.assert_close(table.locate(x), expected.reshape(-1), rtol=0, atol=0)
