@@ -80,11 +80,17 @@ def _project(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     syy = float(yc @ yc)
     Fm = F.mean(axis=1, keepdims=True)
     Fc = F - Fm
-    sff = np.einsum("kn,kn->k", Fc, Fc)
-    sfy = Fc @ yc
+    # Each row scaled to max |Fc| = 1 first: a candidate whose values are tiny (a gaussian
+    # far in its tail, ~1e-160) would otherwise square them into subnormals, and the lost
+    # digits gave R^2 > 1 (numpy 2.4 / scipy 1.17: gaussian "beat" an exact exp edge).
+    scale = np.abs(Fc).max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(sff > 0, sfy / sff, 0.0)
-        r2 = np.where(sff > 0, sfy ** 2 / (sff * syy), 0.0)
+        Fn = Fc / np.where(scale > 0, scale, 1.0)[:, None]
+    sff = np.einsum("kn,kn->k", Fn, Fn)
+    sfy = Fn @ yc
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        c = np.where(sff > 0, sfy / sff / np.where(scale > 0, scale, 1.0), 0.0)
+        r2 = np.where(sff > 0, np.minimum(sfy ** 2 / (sff * syy), 1.0), 0.0)
     d = y.mean() - c * Fm[:, 0]
     reach = np.abs(c) * np.abs(F).max(axis=1)
     size = float(np.abs(y).max() + np.ptp(y))
@@ -133,7 +139,8 @@ def _refine(fn: LibraryFunction, u: np.ndarray, y: np.ndarray, start: np.ndarray
         with np.errstate(all="ignore"):
             f = fn.numpy(a * u + b)
         c, d, _ = _project(f[None, :], y)
-        r = y - (c[0] * f + d[0])
+        with np.errstate(all="ignore"):  # a runaway c (inf * 0) is mapped to a large residual below
+            r = y - (c[0] * f + d[0])
         return np.nan_to_num(r, nan=1e6, posinf=1e6, neginf=-1e6)
 
     try:
