@@ -28,24 +28,27 @@ from kanmodel.basis import IntervalTable, interval_table, uniform_basis_matrix, 
 
 # Elementwise ops over more elements than this run as parallel regions (at::internal::GRAIN_SIZE).
 _PARALLEL_SIZE = 32768
-# Up to this many outputs, (out, K) @ (K, batch) beats (batch, K) @ (K, out) by 1.5-2x (MKL).
+# Up to this many outputs and from this size of dense on, (out, K) @ (K, batch) beats
+# (batch, K) @ (K, out) by 1.5-2x (MKL), more than the transpose of the result costs.
 _THIN_OUTPUT = 16
+_THIN_MIN_SIZE = 65536
 
 
 @functools.lru_cache(maxsize=64)
 def _power_matrices(k: int, dtype: torch.dtype, device: torch.device):
-    """(values (k + 1, k + 1), derivatives (k, k + 1)) of the uniform basis: rows are
-    basis functions resp. powers of u, ready for mm against (power, n) planes."""
+    """(values (k + 1, k + 1), derivatives (k + 1, k)) of the uniform basis: row r maps
+    the powers u^0 .. u^k (resp. u^(k-1)) to B_r (resp. dB_r / du), ready for mm against
+    (power, n) planes."""
     matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)   # (p, r)
     ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
-    return matrix.t().contiguous(), (matrix[1:] * ramp).contiguous()
+    return matrix.t().contiguous(), (matrix[1:] * ramp).t().contiguous()
 
 
 def _cubic_values(u: torch.Tensor, values: torch.Tensor):
     """Uniform cubic B-spline at local coordinate u (batch, in) into values (4, batch, in):
     B0 = w^3 / 6, B3 = u^3 / 6 (w = 1 - u), and from the partition of unity and the
     symmetry B2(u) = B1(w): B1 = w + B3 - 2 B0, B2 = u + B0 - 2 B3.
-    Returns (w^2, u^2) for _uniform_input_grad."""
+    Returns (w^2, u^2) for _input_grad."""
     w = torch.rsub(u, 1)
     u2, w2 = u * u, w * w
     b0, b1, b2, b3 = values.unbind(0)
@@ -58,46 +61,48 @@ def _cubic_values(u: torch.Tensor, values: torch.Tensor):
 
 def _uniform_basis(x, k, grid_size, with_derivative, constants):
     """Closed form on equally spaced knots.
-    -> (values (k + 1, batch, in), index of the first non-zero function (batch, in) int64,
-        state for _uniform_input_grad, d coordinate / dx masked to zero outside the domain)."""
+    -> (values (k + 1, batch, in), knot interval m (batch, in) int64 (the first non-zero
+        function is m - k), derivative state for _input_grad, d coordinate / dx masked to
+        zero outside the domain (batch, in))."""
     offset, scale = constants
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
     # t >= k > 0, so floor is the knot interval m; the right end belongs to the last one.
     interval = clamped.floor().clamp_(max=grid_size + k - 1)
-    u = clamped - interval
     values = x.new_empty(k + 1, *x.shape)
+    state = None
     if k == 3 and values.numel() > _PARALLEL_SIZE:
-        state = _cubic_values(u, values)
+        state = _cubic_values(clamped - interval, values)
     else:
+        # Powers u^0 .. u^k of the local coordinate, then one small matmul each for the
+        # values and the derivatives.
         powers = x.new_empty(k + 1, *x.shape)
         powers[0].fill_(1)
-        powers[1].copy_(u)
+        torch.sub(clamped, interval, out=powers[1])
         for p in range(2, k + 1):
-            torch.mul(powers[p - 1], u, out=powers[p])
-        matrix, _ = _power_matrices(k, x.dtype, x.device)
+            torch.mul(powers[p - 1], powers[1], out=powers[p])
+        matrix, d_matrix = _power_matrices(k, x.dtype, x.device)
         torch.mm(matrix, powers.view(k + 1, -1), out=values.view(k + 1, -1))
-        state = powers
+        if with_derivative:
+            state = torch.mm(d_matrix, powers[:k].view(k, -1))
     chain = None
     if with_derivative:
         outside = torch.sub(t, clamped).abs_().sign_()          # 1 where clamped, else 0
         chain = torch.addcmul(scale, outside, scale, value=-1)
-    return values, interval.sub_(k).long(), state, chain
+    return values, interval.long(), state, chain
 
 
-def _uniform_input_grad(picked: torch.Tensor, state, k: int) -> torch.Tensor:
-    """sum_r dB_r/du * picked[r] for picked (k + 1, batch, in)."""
-    if k == 3 and picked.numel() > _PARALLEL_SIZE:
-        # dB/du is the quadratic basis (w^2 / 2, 1 - (w^2 + u^2) / 2, u^2 / 2) applied to
-        # the differences q_r = picked[r + 1] - picked[r].
-        w2, u2 = state
-        p0, p1, p2, p3 = picked.unbind(0)
-        middle = p2 - p1
-        grad = torch.addcmul(middle, w2, torch.sub(p1, p0).sub_(middle), value=0.5)
-        return grad.addcmul_(u2, torch.sub(p3, p2).sub_(middle), value=0.5)
-    _, d_matrix = _power_matrices(k, picked.dtype, picked.device)
-    per_power = torch.mm(d_matrix, picked.reshape(k + 1, -1)).view(k, *picked.shape[1:])
-    return per_power.mul_(state[:k]).sum(0)
+def _input_grad(picked: torch.Tensor, state) -> torch.Tensor:
+    """sum_r dB_r/du * picked[r] for picked (k + 1, n): state is either the derivative
+    planes (k + 1, n) or (w^2, u^2) from _cubic_values, where dB/du is the quadratic basis
+    (w^2 / 2, 1 - (w^2 + u^2) / 2, u^2 / 2) applied to q_r = picked[r + 1] - picked[r]."""
+    if isinstance(state, torch.Tensor):
+        return torch.mul(picked, state).sum(0)
+    w2, u2 = (square.view(-1) for square in state)
+    p0, p1, p2, p3 = picked.unbind(0)
+    middle = p2 - p1
+    grad = torch.addcmul(middle, w2, torch.sub(p1, p0).sub_(middle), value=0.5)
+    return grad.addcmul_(u2, torch.sub(p3, p2).sub_(middle), value=0.5)
 
 
 def _general_basis(x, k, grid_size, with_derivative, table: IntervalTable):
@@ -160,16 +165,21 @@ class KANLayerFunction(torch.autograd.Function):
             if constants is None:
                 constants = uniform_coordinates(knots, k)
             values, first, state, chain = _uniform_basis(x, k, grid_size, need_x_grad, constants)
+            shift = k                        # the first non-zero function of interval m is m - k
         else:
             if constants is None:
                 constants = interval_table(knots, k)
             values, first, state, chain = _general_basis(x, k, grid_size, need_x_grad, constants)
+            shift = 0
         # Flat position in dense of each input's first non-zero function; value r goes r
-        # further on.
-        positions = first.view(-1).add_(_block_starts(batch * n_in, n_basis, x.device))
+        # further on. Small layers: one scatter (and in backward one index_select) with
+        # the positions of all k + 1 planes; large ones: one scatter per plane, and the
+        # backward reads (k + 1)-rows of an overlapping view.
+        positions = first.view(-1).add_(_block_starts(batch * n_in, n_basis, shift, x.device))
         flat = x.new_zeros(batch * n_in * n_basis)
         if values.numel() <= _PARALLEL_SIZE:
-            flat.scatter_(0, (positions + _ramp(k, x.device)).view(-1), values.view(-1))
+            positions = (positions + _ramp(k, x.device)).view(-1)
+            flat.scatter_(0, positions, values.view(-1))
         else:
             for r in range(k + 1):
                 flat[r:].scatter_(0, positions, values[r].view(-1))
@@ -180,7 +190,7 @@ class KANLayerFunction(torch.autograd.Function):
         if base != "zero":
             activated, base_slope = _base_terms(x, base, need_x_grad)
             base_matrix = base_weight * mask
-        if n_out <= _THIN_OUTPUT and dense.numel() > _PARALLEL_SIZE:
+        if n_out <= _THIN_OUTPUT and dense.numel() > _THIN_MIN_SIZE:
             out = torch.addmm(bias.unsqueeze(1), weight, dense.t())
             if base_matrix is not None:
                 out.addmm_(base_matrix, activated.t())
@@ -195,7 +205,7 @@ class KANLayerFunction(torch.autograd.Function):
         ctx.save_for_backward(coef, mask)
         ctx.intermediates = (dense, positions, state, chain, weight, scale,
                              activated, base_slope, base_matrix)
-        ctx.layout = (k, uniform)
+        ctx.k = k
         return out
 
     @staticmethod
@@ -203,19 +213,18 @@ class KANLayerFunction(torch.autograd.Function):
         coef, mask = ctx.saved_tensors
         (dense, positions, state, chain, weight, scale,
          activated, base_slope, base_matrix) = ctx.intermediates
-        k, uniform = ctx.layout
+        k = ctx.k
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:
             batch, n_in = dense.shape[0], coef.shape[1]
             grad_dense = torch.mm(grad_out, weight).view(-1)
-            # Row p of the overlapping (len - k, k + 1) view holds entries p .. p + k.
-            picked = grad_dense.unfold(0, k + 1, 1).index_select(0, positions).t()   # (k + 1, n)
-            if uniform:
-                grad_x = _uniform_input_grad(picked.view(k + 1, batch, n_in), state, k)
+            if positions.numel() > batch * n_in:
+                picked = grad_dense.index_select(0, positions).view(k + 1, -1)
             else:
-                grad_x = torch.mul(picked, state).sum(0)
-            grad_x = grad_x.view(batch, n_in).mul_(chain.view(batch, n_in))
+                # Row p of the overlapping (len - k, k + 1) view holds entries p .. p + k.
+                picked = grad_dense.unfold(0, k + 1, 1).index_select(0, positions).t()
+            grad_x = _input_grad(picked, state).view(batch, n_in).mul_(chain.view(batch, n_in))
             if base_matrix is not None:
                 grad_base = torch.mm(grad_out, base_matrix)
                 if base_slope is None:
@@ -237,9 +246,9 @@ class KANLayerFunction(torch.autograd.Function):
 
 
 @functools.lru_cache(maxsize=16)
-def _block_starts(count: int, n_basis: int, device: torch.device) -> torch.Tensor:
-    """Flat offset in dense of each (row, input) block of n_basis columns."""
-    return torch.arange(0, count * n_basis, n_basis, device=device)
+def _block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Flat offset in dense of each (row, input) block of n_basis columns, less shift."""
+    return torch.arange(-shift, count * n_basis - shift, n_basis, device=device)
 
 
 @functools.lru_cache(maxsize=16)
