@@ -64,6 +64,10 @@ class ServiceMetrics:
         self.batch_requests = Histogram(
             "kanserve_inference_batch_requests", "Requests merged into one onnxruntime call.",
             buckets=BATCH_BUCKETS, registry=self.registry)
+        self.calls = Counter(
+            "kanserve_inference_calls", "onnxruntime calls by where they ran: 'loop' (the event "
+            "loop, for graphs measured to be quick) or 'pool' (the inference threads).",
+            ["where"], registry=self.registry)
         self.cache_hits = Counter(
             "kanserve_session_cache_hits", "ONNX session cache hits.", registry=self.registry)
         self.cache_misses = Counter(
@@ -72,9 +76,10 @@ class ServiceMetrics:
         self.gauges = _CallbackGauges()
         self.registry.register(self.gauges)
 
-    def observe_batch(self, n_requests: int, n_rows: int) -> None:
+    def observe_batch(self, n_requests: int, n_rows: int, where: str) -> None:
         self.batch_requests.observe(n_requests)
         self.batch_rows.observe(n_rows)
+        self.calls.labels(where).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -51,6 +51,10 @@ def test_metrics_count_what_happened(tmp_path):
     # Three successful runs of 2 rows each (the 422 never reached the graph).
     assert m[("kanserve_inference_batch_rows_count", frozenset())] == 3
     assert m[("kanserve_inference_batch_rows_sum", frozenset())] == 6
+    calls = {where: m.get(("kanserve_inference_calls_total", frozenset({"where": where}.items())), 0)
+             for where in ("loop", "pool")}
+    # The first call of a graph, not yet measured, runs on the pool; later ones where they are cheaper.
+    assert calls["pool"] >= 1 and calls["loop"] + calls["pool"] == 3
     assert m[("kanserve_session_cache_misses_total", frozenset())] == 1
     assert m[("kanserve_session_cache_hits_total", frozenset())] >= 2
     assert m[("kanserve_session_cache_entries", frozenset())] == 1

@@ -79,7 +79,7 @@ class MicroBatcher:
         executor: Executor | None = None,
         max_batch_rows: int = 256,
         max_delay_us: int = 0,
-        on_batch: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[int, int, str], None] | None = None,
         max_concurrent: int = 1,
         inline_max_us: int = 0,
     ):
@@ -98,7 +98,7 @@ class MicroBatcher:
         self.max_concurrent = max_concurrent
         self.inline_max_s = inline_max_us / 1e6
         self.cost = RunCostModel()
-        self._on_batch = on_batch  # on_batch(n_requests, n_rows), e.g. a histogram
+        self._on_batch = on_batch  # on_batch(n_requests, n_rows, "loop" | "pool"), e.g. metrics
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._queued_rows = 0
         self._in_flight = 0  # calls running on the pool
@@ -132,7 +132,7 @@ class MicroBatcher:
             if predicted is not None and predicted <= self.inline_max_s:
                 batch = self._take_batch()
                 started = time.thread_time()
-                outcomes = self._execute(batch)
+                outcomes = self._execute(batch, "loop")
                 self.cost.observe(rows, time.thread_time() - started)
                 _deliver(batch, outcomes)
             elif self._in_flight < self.max_concurrent:
@@ -178,10 +178,10 @@ class MicroBatcher:
 
     def _timed_execute(self, batch) -> tuple[list[Outcome], int, float]:
         started = time.thread_time()
-        outcomes = self._execute(batch)
+        outcomes = self._execute(batch, "pool")
         return outcomes, sum(x.shape[0] for x, _ in batch), time.thread_time() - started
 
-    def _execute(self, batch) -> list[Outcome]:
+    def _execute(self, batch, where: str) -> list[Outcome]:
         """Runs on the loop or on a pool thread: touches no future, only computes."""
         inputs = [x for x, future in batch]
         if len(inputs) > 1:
@@ -192,14 +192,14 @@ class MicroBatcher:
                 pass  # retried one by one below, so the culprit alone gets the error
             else:
                 if self._on_batch:
-                    self._on_batch(len(inputs), merged.shape[0])
+                    self._on_batch(len(inputs), merged.shape[0], where)
                 offsets = np.cumsum([0] + [x.shape[0] for x in inputs])
                 return [[out[start:stop] for out in outputs]
                         for start, stop in zip(offsets[:-1], offsets[1:])]
         outcomes: list[Outcome] = []
         for x in inputs:
             if self._on_batch:
-                self._on_batch(1, x.shape[0])
+                self._on_batch(1, x.shape[0], where)
             try:
                 outcomes.append(list(self._run_batch(x)))
             except Exception as exc:  # handed to the caller, who turns it into a response

@@ -61,7 +61,7 @@ def input_ranges(predictor: OnnxPredictor) -> np.ndarray | None:
 
 class InferenceRuntime:
     def __init__(self, settings: ServingSettings, db: sa.Engine,
-                 on_batch: Callable[[int, int], None] | None = None,
+                 on_batch: Callable[[int, int, str], None] | None = None,
                  on_cache_hit: Callable[[], None] | None = None,
                  on_cache_miss: Callable[[], None] | None = None):
         self.settings = settings
