@@ -157,6 +157,7 @@ class KANLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots,
                 k: int, uniform: bool, base: str, constants=None):
+        x = x.contiguous()                   # the flat positions below follow x's layout
         batch, n_in = x.shape
         n_out, _, n_basis = coef.shape
         grid_size = n_basis - k

@@ -233,6 +233,8 @@ def test_large_layers_match_the_autograd_reference(k, uniform, n_out):
     for name, got, want in zip(["x", "coef", "spline_weight", "base_weight", "bias"], grads, expected_grads):
         torch.testing.assert_close(got, want, msg=name)
     assert grads[0][(x.detach() < layer.knots[:, k]) | (x.detach() > layer.knots[:, 7 + k])].abs().max() > 0
+    transposed = x.detach().t().contiguous().t()               # same values, column-major
+    torch.testing.assert_close(layer(transposed), ours)
 
 
 @pytest.mark.parametrize("dtype, shift, spread, grid_eps", [(torch.float64, 0.0, 1.0, 0.0),
