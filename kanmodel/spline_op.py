@@ -77,10 +77,11 @@ def _uniform_basis(x, k, grid_size, with_derivative, constants):
         # Powers u^0 .. u^k of the local coordinate, then one small matmul each for the
         # values and the derivatives.
         powers = x.new_empty(k + 1, *x.shape)
-        powers[0].fill_(1)
-        torch.sub(clamped, interval, out=powers[1])
+        rows = powers.unbind(0)
+        rows[0].fill_(1)
+        torch.sub(clamped, interval, out=rows[1])
         for p in range(2, k + 1):
-            torch.mul(powers[p - 1], powers[1], out=powers[p])
+            torch.mul(rows[p - 1], rows[1], out=rows[p])
         matrix, d_matrix = _power_matrices(k, x.dtype, x.device)
         torch.mm(matrix, powers.view(k + 1, -1), out=values.view(k + 1, -1))
         if with_derivative:
