@@ -209,23 +209,54 @@ def bench_shape(width, batch, grid, rounds, threads_list, pykan):
 
 
 LAYER_NOTES = """How kanmodel's layer gets there (kanmodel/spline_op.py): one autograd function per
-layer evaluates only the k + 1 non-zero B-spline values per input, as (k + 1, batch, in)
-planes (uniform knots: the powers u .. u^k written into one buffer, then one small addmm
-with the uniform basis matrix for the values and one for their derivatives; adaptive
-knots: the interval's polynomial coefficients, cached per knot table, gathered and
-evaluated by Horner); scatters them with one flat 1-D scatter into the dense
-(batch, in (G + k)) basis; and does one matmul with coef * spline_weight * mask plus the
-base matmul. Backward: grad_out^T @ dense for the weights, and for the input the k + 1
-basis derivatives times grad_out @ weight read back at the same flat positions (1-D
-index_select); nothing of the basis evaluation is kept in an autograd graph.
-What is left above the floor: about 60 tensor ops per layer and call (at batch 4 one
-[14, 64, 32, 2] forward+backward costs about 0.9 ms against the floor's 0.3 ms), and
-building the dense basis itself (zero fill, scatter) and the k + 1 reads in backward,
-which the floor gets precomputed. Adaptive knots (the path training takes with the
-default grid_eps < 1) cost 1.4-1.8x the uniform path on the three smaller shapes and
-2.7x on [784, 64, 10] (thread CPU time, 1 thread, same knots flagged non-uniform); the
-gather of the 18 per-interval coefficient rows (index_select along dim 1) and
-searchsorted are most of that, and are the next thing to speed up.
+layer evaluates only the k + 1 non-zero B-spline values per input, scatters them into the
+dense (batch, in (G + k)) basis and does one matmul with coef * spline_weight * mask plus
+the base matmul; backward: grad_out^T @ dense for the weights and, for the input, the
+k + 1 entries of grad_out @ weight at the scattered positions against the basis
+derivatives; nothing of the basis evaluation is kept in an autograd graph.
+At these sizes the number and kind of tensor ops matter more than flops. With 2 threads
+on this shared machine every elementwise op over more than 32768 elements and every MKL
+matmul is an OpenMP parallel region, which costs 0.1-0.5 ms whenever the other core is
+busy (a (4 x 4) @ (4 x 32768) matmul: 0.04 ms with 1 thread, 0.4-0.5 ms with 2 under
+load). So large layers work on (batch, in) planes, one op per plane: the cubic basis by a
+closed form (w = 1 - u: B0 = w^3 / 6, B3 = u^3 / 6, B1 = w + B3 - 2 B0, B2 = u + B0 - 2 B3)
+and its derivative as the quadratic basis applied to differences of the k + 1 values read
+back, one 1-D scatter per plane (1-D scatter and index_select run single-threaded) and one
+index_select of overlapping (k + 1)-rows in backward; small layers (k + 1 planes of at
+most 32768 values, where the ~5 us per op dominate) do each step as one op over all planes
+(powers of u and a small matmul). Thin outputs (<= 16, dense >= 65536 entries) multiply as
+(out, K) @ (K, batch), 1.5-2x faster in MKL than (batch, K) @ (K, out).
+Adaptive knots (the path training takes with the default grid_eps < 1): each input's
+interval is found by a lookup in equal cells of its domain (refined until a cell holds at
+most one knot, then at most one step forward) instead of searchsorted, and the interval's
+polynomial coefficients are gathered with one index_select and evaluated by Horner. With
+the same knots flagged non-uniform they cost 1.17-1.48x the uniform path (thread CPU time,
+1 thread, forward+backward; the previous op measured the same way: 1.36-1.69x).
+Tried and not kept (no gain beyond this machine's noise in paired runs): the base term as
+one more column per input of the dense matrix (one addmm forward, one mm per product in
+backward; 0.93-1.14x the time of the kept op over runs, 1 and 2 threads), F.embedding_bag
+for the forward (no faster than the matmul; its backward is 10-50x slower), scatter and
+gather through strided or interleaved views (2-16x slower).
+What is left. Over five runs of this command before the one above (same op, 2026-11-29,
+under other jobs' load), forward+backward: with 2 threads [2, 5, 1] was 2.05-3.68x faster
+than full-basis (target met in 4 of 5), [6, 8, 4, 1] 5.35-6.77x and 2.19-2.69x the floor
+(floor target met in none), [14, 64, 32, 2] 3.48-5.01x (4x met in 1 of 5) and 1.56-2.07x
+the floor (met in 4), [784, 64, 10] 3.66-9.69x (met in 4) and 0.72-1.76x the floor; with
+1 thread [2, 5, 1] 2.26-3.01x (met in 1), [6, 8, 4, 1] 6.28-7.16x and 2.51-3.60x the floor
+(met in none), [14, 64, 32, 2] 3.21-4.24x (met in 2) and 2.05-2.70x the floor (met in
+none), [784, 64, 10] 3.90-5.32x (met in 4) and 1.60-2.11x the floor (met in 4). Paired
+against the previous version of the op in one process (median of 21 per-round ratios), this
+one takes 0.90-0.97x its time with 1 thread on the three smaller shapes (0.54-0.98x on
+[784, 64, 10] across paired runs) and 0.94-1.00x with 2 threads: a small gain, not the one
+the targets need. Why: on [6, 8, 4, 1] (batch 4096,
+grid 10, outputs 8, 4, 1) building the dense basis (zero fill and k + 1 scatters, ~2 ns
+per value) and reading k + 1 values per input back cost about as much as that shape's thin
+matmuls, which are all the floor does; [2, 5, 1] is almost all per-op overhead (at batch 4
+the same forward+backward costs 0.9 ms against 1.0-1.2 ms at batch 1000, full-basis 1.1 ms),
+so its ratio follows the load; and the full-basis reference gains more than kanmodel from
+the second thread whenever that core happens to be free. Going further would take fusing
+the basis, scatter and gather into one kernel (a compiled extension), which this project
+does not have.
 Timings on this shared 2-core machine move by 20-50% between runs (other jobs run
 alongside); the ratios within one interleaved run are the comparable numbers."""
 
