@@ -179,7 +179,8 @@ class KANLayerFunction(torch.autograd.Function):
         # backward reads (k + 1)-rows of an overlapping view.
         positions = first.view(-1).add_(_block_starts(batch * n_in, n_basis, shift, x.device))
         flat = x.new_zeros(batch * n_in * n_basis)
-        if values.numel() <= _PARALLEL_SIZE:
+        all_planes = values.numel() <= _PARALLEL_SIZE
+        if all_planes:
             positions = (positions + _ramp(k, x.device)).view(-1)
             flat.scatter_(0, positions, values.view(-1))
         else:
@@ -207,7 +208,7 @@ class KANLayerFunction(torch.autograd.Function):
         ctx.save_for_backward(coef, mask)
         ctx.intermediates = (dense, positions, state, chain, weight, scale,
                              activated, base_slope, base_matrix)
-        ctx.k = k
+        ctx.layout = (k, all_planes)
         return out
 
     @staticmethod
@@ -215,13 +216,13 @@ class KANLayerFunction(torch.autograd.Function):
         coef, mask = ctx.saved_tensors
         (dense, positions, state, chain, weight, scale,
          activated, base_slope, base_matrix) = ctx.intermediates
-        k = ctx.k
+        k, all_planes = ctx.layout
         need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
         grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
         if need_x:
             batch, n_in = dense.shape[0], coef.shape[1]
             grad_dense = torch.mm(grad_out, weight).view(-1)
-            if positions.numel() > batch * n_in:
+            if all_planes:
                 picked = grad_dense.index_select(0, positions).view(k + 1, -1)
             else:
                 # Row p of the overlapping (len - k, k + 1) view holds entries p .. p + k.

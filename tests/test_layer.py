@@ -237,6 +237,16 @@ def test_large_layers_match_the_autograd_reference(k, uniform, n_out):
     torch.testing.assert_close(layer(transposed), ours)
 
 
+@pytest.mark.parametrize("uniform", [True, False])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(uniform):
+    layer = make_layer(uniform)
+    x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (0, 2)
+    out.sum().backward()
+    assert x.grad.shape == (0, 3) and layer.coef.grad.abs().max() == 0
+
+
 @pytest.mark.parametrize("dtype, shift, spread, grid_eps", [(torch.float64, 0.0, 1.0, 0.0),
                                                             (torch.float32, 0.0, 1.0, 0.0),
                                                             (torch.float32, 30000.0, 0.0005, 0.5)])
