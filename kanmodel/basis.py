@@ -239,9 +239,16 @@ class IntervalTable(NamedTuple):
         return _cell_starts(batch, self.low.shape[0], self.grid_size, self.low.device)
 
 
-@functools.lru_cache(maxsize=16)
 def _cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
-    """(batch * in,) int64: i * per_input for each (row, input)."""
+    """(batch * in,) int64: i * per_input for each (row, input); kept for the last few
+    shapes unless large."""
+    if batch * n_in > 1 << 18:
+        return (torch.arange(n_in, device=device) * per_input).repeat(batch)
+    return _cached_cell_starts(batch, n_in, per_input, device)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(n_in, device=device) * per_input).repeat(batch)
 
 

@@ -248,9 +248,19 @@ class KANLayerFunction(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-@functools.lru_cache(maxsize=16)
 def _block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
-    """Flat offset in dense of each (row, input) block of n_basis columns, less shift."""
+    """Flat offset in dense of each (row, input) block of n_basis columns, less shift
+    (kept for the last few layer shapes unless large)."""
+    if count > _CACHED_INDEX_SIZE:
+        return torch.arange(-shift, count * n_basis - shift, n_basis, device=device)
+    return _cached_block_starts(count, n_basis, shift, device)
+
+
+_CACHED_INDEX_SIZE = 1 << 18
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
     return torch.arange(-shift, count * n_basis - shift, n_basis, device=device)
 
 

@@ -238,6 +238,13 @@ def test_large_layers_match_the_autograd_reference(k, uniform, n_out):
 
 
 @pytest.mark.parametrize("uniform", [True, False])
+def test_a_batch_past_the_cached_index_size_matches_the_reference(uniform):
+    layer = make_layer(uniform)
+    x = points_avoiding_the_domain_edges(layer, 90000)         # 270000 (row, input) pairs
+    torch.testing.assert_close(layer(x), reference_layer(layer, x))
+
+
+@pytest.mark.parametrize("uniform", [True, False])
 def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(uniform):
     layer = make_layer(uniform)
     x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
