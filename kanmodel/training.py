@@ -160,10 +160,10 @@ class _LBFGSObjective:
 
     Scaled by 1 / its value at the run's first evaluation: LBFGS (torch's, and
     kanmodel.lbfgs, which follows it) has absolute thresholds (a curvature pair is
-    kept only if y.s > 1e-10), which an MSE
-    of ~1e-7 in standardised units, reached on the finer grids, never passes; LBFGS
-    then falls back to steepest descent and stalls (measured on hellokan: the grid-20
-    stage froze at 9.5e-4 RMSE). Scaling by a constant moves no minimum.
+    kept only if y.s > 1e-10), which an MSE of ~1e-7 in standardised units, reached
+    on the finer grids, never passes; LBFGS then falls back to steepest descent and
+    stalls (measured on hellokan: the grid-20 stage froze at 9.5e-4 RMSE). Scaling
+    by a constant moves no minimum.
 
     Remembers its last evaluation: LBFGS starts every step() by evaluating
     the closure at the current parameters, which its line search evaluated at the
