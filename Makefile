@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench venv clean
+.PHONY: serve test venv bench-venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+
+# PyKAN 0.2.8 for the comparisons in bench/ (never a dependency of the project itself).
+bench-venv:
+	test -x .bench-venv/bin/python || $(PYTHON) -m venv .bench-venv
+	.bench-venv/bin/pip install -q torch==2.13.0
+	.bench-venv/bin/pip install -q pykan==0.2.8 numpy scipy sympy matplotlib pandas scikit-learn pyyaml tqdm setuptools
 
 clean:
 	rm -rf $(VENV) .kanserve .pytest_cache

@@ -128,7 +128,7 @@ class PyKANWorker:
         self.process = None
         self.error = None
         if not os.path.exists(BENCH_PYTHON):
-            self.error = f"{BENCH_PYTHON} missing (create .bench-venv, see docs/benchmarks.md)"
+            self.error = f"{BENCH_PYTHON} missing (run `make bench-venv`)"
             return
         self.process = subprocess.Popen(
             [BENCH_PYTHON, os.path.join(ROOT, "bench", "pykan_worker.py")],
