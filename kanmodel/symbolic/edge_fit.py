@@ -91,8 +91,9 @@ def _project(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         c = np.where(sff > 0, sfy / sff / np.where(scale > 0, scale, 1.0), 0.0)
         r2 = np.where(sff > 0, np.minimum(sfy ** 2 / (sff * syy), 1.0), 0.0)
-    d = y.mean() - c * Fm[:, 0]
-    reach = np.abs(c) * np.abs(F).max(axis=1)
+        # An overflowing c (inf * 0 = NaN in d) fails the reach test below: r2 = -inf.
+        d = y.mean() - c * Fm[:, 0]
+        reach = np.abs(c) * np.abs(F).max(axis=1)
     size = float(np.abs(y).max() + np.ptp(y))
     r2 = np.where(reach <= MAX_CANCELLATION * max(size, 1e-300), r2, -np.inf)
     return c, d, np.nan_to_num(r2, nan=-np.inf)
