@@ -13,11 +13,11 @@ batching, written for one asyncio event loop):
   most `inline_max_us`, otherwise on the thread pool, with at most `max_concurrent`
   calls in flight (one per pool thread, so large batches still use every core;
   what arrives meanwhile waits for a free slot and then goes as one batch).
-  Why not always on the pool: handing a call to a thread and back costs about
-  100 us of CPU in CPython (wake-ups and GIL hand-over; bench/serving.py), more
-  than a small graph's whole run (about 50 us for one row of a [2,5,1] model), so
-  for such a run the hand-off would hold the event loop longer than the run
-  itself. The prediction comes from the model's measured run times (RunCostModel);
+  Why not always on the pool: handing a call to a thread and back cost 100-250 us
+  of CPU per call here (wake-ups and GIL hand-over; bench/predict_path.py: a
+  single-row [2,5,1] prediction took 283 us of CPU on the loop, 531 us through the
+  pool), more than a small graph's whole run (65 us for that row), so for such a
+  run the hand-off costs more than the run it would move off the loop. The prediction comes from the model's measured run times (RunCostModel);
   a graph not yet measured runs on the pool. inline_max_us = 0: always the pool.
 
 A batch that raises is retried request by request, so one bad request cannot fail

@@ -29,8 +29,8 @@ class ServingSettings(BaseSettings):
     batching: bool = Field(True, description="Merge concurrent requests to one model into one "
                                              "onnxruntime call.")
     batch_max_rows: int = Field(256, ge=1, description="Most rows merged into one call.")
-    # 200 us: above the ~100 us of CPU a thread hand-off costs (bench/serving.py), so a
-    # call predicted to be quicker than that would hold the loop longer if handed off.
+    # 200 us: within the 100-250 us of CPU a thread hand-off costs (bench/predict_path.py):
+    # a call predicted to be quicker than that is cheaper run than handed off.
     inline_max_us: int = Field(200, ge=0, description="Calls predicted (from the graph's measured "
                                "run times) to take at most this long run on the event loop "
                                "instead of the inference pool (0: always the pool).")
