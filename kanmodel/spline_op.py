@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from kanmodel.basis import IntervalTable, interval_table, uniform_basis_matrix, uniform_coordinates
+from kanmodel.basis import IntervalTable, interval_table, uniform_coordinates, uniform_unit_basis
 
 # Elementwise ops over more elements than this run as parallel regions (at::internal::GRAIN_SIZE).
 _PARALLEL_SIZE = 32768
@@ -32,16 +32,6 @@ _PARALLEL_SIZE = 32768
 # (batch, K) @ (K, out) by 1.5-2x (MKL), more than the transpose of the result costs.
 _THIN_OUTPUT = 16
 _THIN_MIN_SIZE = 65536
-
-
-@functools.lru_cache(maxsize=64)
-def _power_matrices(k: int, dtype: torch.dtype, device: torch.device):
-    """(values (k + 1, k + 1), derivatives (k + 1, k)) of the uniform basis: row r maps
-    the powers u^0 .. u^k (resp. u^(k-1)) to B_r (resp. dB_r / du), ready for mm against
-    (power, n) planes."""
-    matrix = torch.as_tensor(uniform_basis_matrix(k), dtype=dtype, device=device)   # (p, r)
-    ramp = torch.arange(1, k + 1, dtype=dtype, device=device).unsqueeze(1)
-    return matrix.t().contiguous(), (matrix[1:] * ramp).t().contiguous()
 
 
 def _cubic_values(u: torch.Tensor, values: torch.Tensor):
@@ -67,30 +57,22 @@ def _uniform_basis(x, k, grid_size, with_derivative, constants):
     offset, scale = constants
     t = torch.addcmul(offset, x, scale)
     clamped = t.clamp(k, grid_size + k)
-    # t >= k > 0, so floor is the knot interval m; the right end belongs to the last one.
-    interval = clamped.floor().clamp_(max=grid_size + k - 1)
-    values = x.new_empty(k + 1, *x.shape)
-    state = None
-    if k == 3 and values.numel() > _PARALLEL_SIZE:
+    if k == 3 and (k + 1) * x.numel() > _PARALLEL_SIZE:
+        # t >= k > 0, so floor is the knot interval m; the right end belongs to the last one.
+        interval = clamped.floor().clamp_(max=grid_size + k - 1)
+        values = x.new_empty(k + 1, *x.shape)
         state = _cubic_values(clamped - interval, values)
+        interval = interval.long()
     else:
-        # Powers u^0 .. u^k of the local coordinate, then one small matmul each for the
-        # values and the derivatives.
-        powers = x.new_empty(k + 1, *x.shape)
-        rows = powers.unbind(0)
-        rows[0].fill_(1)
-        torch.sub(clamped, interval, out=rows[1])
-        for p in range(2, k + 1):
-            torch.mul(rows[p - 1], rows[1], out=rows[p])
-        matrix, d_matrix = _power_matrices(k, x.dtype, x.device)
-        torch.mm(matrix, powers.view(k + 1, -1), out=values.view(k + 1, -1))
-        if with_derivative:
-            state = torch.mm(d_matrix, powers[:k].view(k, -1))
+        # Powers of the local coordinate and one small matmul each for the values and
+        # the derivatives (d/dt = d/du on unit-spaced knots).
+        values, interval, derivatives = uniform_unit_basis(clamped, k, grid_size, with_derivative)
+        state = None if derivatives is None else derivatives.view(k + 1, -1)
     chain = None
     if with_derivative:
         outside = torch.sub(t, clamped).abs_().sign_()          # 1 where clamped, else 0
         chain = torch.addcmul(scale, outside, scale, value=-1)
-    return values, interval.long(), state, chain
+    return values, interval, state, chain
 
 
 def _input_grad(picked: torch.Tensor, state) -> torch.Tensor:
