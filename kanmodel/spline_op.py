@@ -17,14 +17,35 @@ the benchmarked layers), write them with one 1-D scatter per plane (1-D scatter 
 index_select run single-threaded), and use a closed form for the cubic basis instead of
 a (4 x 4) @ (4 x n) matmul (10x slower under load when MKL threads it). Small layers,
 where per-op overhead dominates, do each step as one op over all planes.
+
+On CPU (float32/float64, k <= kernels.MAX_ORDER) the compiled kernels of
+kanmodel/csrc/spline_kernels.cpp replace all of that when they were built at install
+time: one pass writes an extended basis (batch, in * (G + k + 1)) whose last column per
+input is base(x), so a single matmul with the extended weight (out, in * (G + k + 1))
+gives the spline and the base term, and the backward has one matmul for the input
+gradient (then one kernel pass that recomputes the basis derivatives from x) and one for
+all weight gradients. CUDA, other dtypes and a missing extension use the torch path; so
+does everything when KANMODEL_DISABLE_KERNELS=1 is set or `use_kernels` is False.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
 from kanmodel.basis import IntervalTable, interval_table, uniform_coordinates, uniform_unit_basis
+
+try:
+    from kanmodel import _spline_kernels as kernels
+    kernel_import_error = None
+except ImportError as error:          # not built (no compiler at install time): torch path
+    kernels, kernel_import_error = None, error
+
+# Module flag, so tests can run both paths in one process.
+use_kernels = kernels is not None and os.environ.get("KANMODEL_DISABLE_KERNELS", "") != "1"
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_BASE_CODES = {"zero": 0, "identity": 1, "silu": 2}     # as in spline_kernels.cpp
 
 # Elementwise ops over more elements than this run as parallel regions (at::internal::GRAIN_SIZE).
 _PARALLEL_SIZE = 32768
@@ -140,6 +161,10 @@ class KANLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots,
                 k: int, uniform: bool, base: str, constants=None):
+        ctx.kernel = _kernels_apply(x, knots, k)
+        if ctx.kernel:
+            return _kernel_forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots,
+                                   k, uniform, base)
         x = x.contiguous()                   # the flat positions below follow x's layout
         batch, n_in = x.shape
         n_out, _, n_basis = coef.shape
@@ -195,6 +220,8 @@ class KANLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.kernel:
+            return _kernel_backward(ctx, grad_out)
         coef, mask = ctx.saved_tensors
         (dense, positions, state, chain, weight, scale,
          activated, base_slope, base_matrix) = ctx.intermediates
@@ -228,6 +255,60 @@ class KANLayerFunction(torch.autograd.Function):
             grad_bias = grad_out.sum(0)
         return (grad_x, grad_coef, grad_spline_weight, grad_base_weight, grad_bias,
                 None, None, None, None, None, None)
+
+
+def _kernels_apply(x: torch.Tensor, knots: torch.Tensor, k: int) -> bool:
+    return (use_kernels and x.device.type == "cpu" and x.dtype in _KERNEL_DTYPES
+            and knots.dtype == x.dtype and k <= kernels.MAX_ORDER)
+
+
+def _kernel_forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots, k, uniform, base):
+    """KANLayerFunction.forward with the compiled kernels: extended basis (batch, in * width)
+    @ extended weight (out, in * width)^T, width = G + k (+ 1 with a base function)."""
+    x, knots = x.contiguous(), knots.contiguous()
+    n_out, n_in, n_basis = coef.shape
+    code = _BASE_CODES[base]
+    # sigmoid(x) from torch (vectorised exp), for silu(x) = x s and silu'(x) = s (1 + x (1 - s)).
+    gate = torch.sigmoid(x) if base == "silu" else None
+    dense = kernels.extended_basis(x, knots, k, uniform, code, gate)
+    scale = spline_weight * mask
+    weight = coef * scale.unsqueeze(-1)
+    if code:
+        weight = torch.cat([weight, (base_weight * mask).unsqueeze(-1)], dim=-1)
+    weight = weight.view(n_out, -1)
+    if n_out <= _THIN_OUTPUT and dense.numel() > _THIN_MIN_SIZE:
+        out = torch.addmm(bias.unsqueeze(1), weight, dense.t()).t().contiguous()
+    else:
+        out = torch.addmm(bias, dense, weight.t())
+    ctx.save_for_backward(x, coef, mask, knots)
+    ctx.intermediates = (gate, dense, weight, scale)
+    ctx.layout = (k, uniform, code, n_basis)
+    return out
+
+
+def _kernel_backward(ctx, grad_out):
+    x, coef, mask, knots = ctx.saved_tensors
+    gate, dense, weight, scale = ctx.intermediates
+    k, uniform, code, n_basis = ctx.layout
+    need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
+    grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
+    if need_x:
+        grad_x = kernels.input_grad(x, knots, k, uniform, code, gate, torch.mm(grad_out, weight))
+    need_base_weight = need_base_weight and code != 0
+    if need_coef or need_spline_weight or need_base_weight:
+        # One matmul for the spline and the base weights: (out, in, width).
+        grad_extended = torch.mm(grad_out.t(), dense).view(*mask.shape, -1)
+        grad_weight = grad_extended[..., :n_basis]
+        if need_coef:
+            grad_coef = grad_weight * scale.unsqueeze(-1)
+        if need_spline_weight:
+            grad_spline_weight = (grad_weight * coef).sum(-1) * mask
+        if need_base_weight:
+            grad_base_weight = grad_extended[..., n_basis] * mask
+    if need_bias:
+        grad_bias = grad_out.sum(0)
+    return (grad_x, grad_coef, grad_spline_weight, grad_base_weight, grad_bias,
+            None, None, None, None, None, None)
 
 
 def _block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
