@@ -13,12 +13,13 @@ from fastapi import FastAPI
 
 from service.api import datasets, health, jobs, models
 from service.api.body_limit import BodySizeLimit
+from service.api.direct_route import DirectRouteDispatch
 from service.api.errors import install_error_handlers
 from service.auth import ensure_keys, has_any_key
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
 from service.jobs.submission import CeleryJobQueue, JobQueue
-from service.serving import install_serving, serving_lifespan
+from service.serving import INFERENCE_ROUTERS, install_serving, serving_lifespan
 from workers.celery_app import make_celery
 
 ROUTERS = [health.router, datasets.router, jobs.router, models.router]
@@ -49,6 +50,9 @@ def create_app(settings: Settings | None = None, job_queue: JobQueue | None = No
     app.state.session_factory = make_session_factory(engine)
     app.state.celery_app = make_celery(settings)
     app.state.job_queue = job_queue or CeleryJobQueue(app.state.celery_app)
+    # Innermost first: add_middleware wraps what was added before. The inference routes
+    # are dispatched inside the body limit and the metrics (see direct_route.py).
+    app.add_middleware(DirectRouteDispatch, owner=app, routers=INFERENCE_ROUTERS)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     for router in ROUTERS:

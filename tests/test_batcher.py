@@ -256,3 +256,59 @@ def test_a_batch_of_one_request_per_call_when_merging_is_off(session):
     assert runner.batch_rows == [2] * 6
     for x, (y,) in zip(xs, results):
         np.testing.assert_allclose(y, expected(x), rtol=1e-6)
+
+
+def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_batch(session):
+    runner = ThreadRecordingRunner(session)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
+            await batcher.submit(np.zeros((1, 3), np.float32))  # measured: quick from now on
+            runner.batch_rows.clear()
+            loop = asyncio.get_running_loop()
+            xs = [np.full((1, 3), i, np.float32) for i in range(5)]
+            ran_at_once = []
+
+            async def first():
+                y = await batcher.submit(xs[0])
+                ran_at_once.append(len(runner.batch_rows) == 1)  # before the others' batch
+                return y
+            # Five tasks started in the same turn of the loop, as uvicorn starts the
+            # requests whose bytes arrived together.
+            tasks = [loop.create_task(first())] + [loop.create_task(batcher.submit(x)) for x in xs[1:]]
+            return xs, await asyncio.gather(*tasks), ran_at_once
+
+    xs, results, ran_at_once = asyncio.run(main())
+    assert runner.batch_rows == [1, 4]
+    assert ran_at_once == [True]
+    for x, (y,) in zip(xs, results):
+        np.testing.assert_allclose(y, expected(x), rtol=1e-6)
+
+
+def test_an_error_in_a_request_run_at_once_reaches_only_its_caller(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
+            await batcher.submit(np.zeros((1, 3), np.float32))
+            with pytest.raises(ValueError, match="poisoned"):
+                await batcher.submit(np.full((1, 3), np.nan, np.float32))
+            return await batcher.submit(np.ones((1, 3), np.float32))
+
+    (y,) = asyncio.run(main())
+    np.testing.assert_allclose(y, expected(np.ones((1, 3), np.float32)), rtol=1e-6)
+
+
+def test_requests_after_the_pool_is_shut_down_fail_instead_of_hanging(session):
+    runner = RecordingRunner(session)
+
+    async def main():
+        pool = ThreadPoolExecutor(1)
+        batcher = MicroBatcher(runner, pool)  # inline off: every call goes to the pool
+        pool.shutdown()
+        return await asyncio.wait_for(batcher.submit(np.zeros((1, 3), np.float32)), timeout=30)
+
+    with pytest.raises(RuntimeError, match="shutdown"):
+        asyncio.run(main())
