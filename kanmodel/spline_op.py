@@ -266,45 +266,35 @@ def _kernel_forward(ctx, x, coef, spline_weight, base_weight, bias, mask, knots,
     """KANLayerFunction.forward with the compiled kernels: extended basis (batch, in * width)
     @ extended weight (out, in * width)^T, width = G + k (+ 1 with a base function)."""
     x, knots = x.contiguous(), knots.contiguous()
-    n_out, n_in, n_basis = coef.shape
+    n_out = coef.shape[0]
     code = _BASE_CODES[base]
     # sigmoid(x) from torch (vectorised exp), for silu(x) = x s and silu'(x) = s (1 + x (1 - s)).
     gate = torch.sigmoid(x) if base == "silu" else None
     dense = kernels.extended_basis(x, knots, k, uniform, code, gate)
-    scale = spline_weight * mask
-    weight = coef * scale.unsqueeze(-1)
-    if code:
-        weight = torch.cat([weight, (base_weight * mask).unsqueeze(-1)], dim=-1)
-    weight = weight.view(n_out, -1)
+    coef, spline_weight, mask = coef.contiguous(), spline_weight.contiguous(), mask.contiguous()
+    weight = kernels.extended_weight(coef, spline_weight, base_weight.contiguous() if code else None, mask)
     if n_out <= _THIN_OUTPUT and dense.numel() > _THIN_MIN_SIZE:
         out = torch.addmm(bias.unsqueeze(1), weight, dense.t()).t().contiguous()
     else:
         out = torch.addmm(bias, dense, weight.t())
-    ctx.save_for_backward(x, coef, mask, knots)
-    ctx.intermediates = (gate, dense, weight, scale)
-    ctx.layout = (k, uniform, code, n_basis)
+    ctx.save_for_backward(x, coef, spline_weight, mask, knots)
+    ctx.intermediates = (gate, dense, weight)
+    ctx.layout = (k, uniform, code)
     return out
 
 
 def _kernel_backward(ctx, grad_out):
-    x, coef, mask, knots = ctx.saved_tensors
-    gate, dense, weight, scale = ctx.intermediates
-    k, uniform, code, n_basis = ctx.layout
+    x, coef, spline_weight, mask, knots = ctx.saved_tensors
+    gate, dense, weight = ctx.intermediates
+    k, uniform, code = ctx.layout
     need_x, need_coef, need_spline_weight, need_base_weight, need_bias = ctx.needs_input_grad[:5]
     grad_x = grad_coef = grad_spline_weight = grad_base_weight = grad_bias = None
     if need_x:
         grad_x = kernels.input_grad(x, knots, k, uniform, code, gate, torch.mm(grad_out, weight))
-    need_base_weight = need_base_weight and code != 0
-    if need_coef or need_spline_weight or need_base_weight:
-        # One matmul for the spline and the base weights: (out, in, width).
-        grad_extended = torch.mm(grad_out.t(), dense).view(*mask.shape, -1)
-        grad_weight = grad_extended[..., :n_basis]
-        if need_coef:
-            grad_coef = grad_weight * scale.unsqueeze(-1)
-        if need_spline_weight:
-            grad_spline_weight = (grad_weight * coef).sum(-1) * mask
-        if need_base_weight:
-            grad_base_weight = grad_extended[..., n_basis] * mask
+    if need_coef or need_spline_weight or (need_base_weight and code):
+        # One matmul for the gradient of the whole extended weight, one pass to split it.
+        grad_coef, grad_spline_weight, grad_base_weight = kernels.weight_grads(
+            torch.mm(grad_out.t(), dense), coef, spline_weight, mask, code != 0)
     if need_bias:
         grad_bias = grad_out.sum(0)
     return (grad_x, grad_coef, grad_spline_weight, grad_base_weight, grad_bias,

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -35,17 +37,31 @@ constexpr int64_t kTile = 64;
 
 enum Base : int64_t { kZero = 0, kIdentity = 1, kSilu = 2 };
 
-// One input's knots t (G + 2k + 1 of them): its domain [t_k, t_{G+k}] and, for uniform
-// knots, the unit-spaced knot coordinate s = offset + scale * x (basis.uniform_coordinates).
+// Per-input quantities of the knot table (in, G + 2k + 1), each array repeated past its
+// end (entry i is input i mod in, for i < in + kTile), so that the kTile consecutive
+// (row, input) elements of a tile starting at input i read entries [i, i + kTile): plain
+// loads that vectorise, whatever the number of inputs. low, high: the domain
+// [t_k, t_{G+k}]; offset, scale: the unit-spaced knot coordinate s = offset + scale * x
+// on uniform knots (basis.uniform_coordinates); knots: each input's row.
 template <typename T>
-struct KnotRow {
-  const T* t;
-  T low, high, scale, offset;
+struct InputTable {
+  std::vector<T> low, high, offset, scale;
+  std::vector<const T*> knots;
 
-  KnotRow(const T* row, int64_t k, int64_t grid)
-      : t(row), low(row[k]), high(row[grid + k]) {
-    scale = static_cast<T>(grid) / (high - low);
-    offset = static_cast<T>(k) - low * scale;
+  InputTable(const at::Tensor& table, int64_t k) {
+    const T* t = table.const_data_ptr<T>();
+    const int64_t n_in = table.size(0), n_knots = table.size(1), grid = n_knots - 2 * k - 1;
+    for (auto* column : {&low, &high, &offset, &scale}) column->reserve(n_in + kTile);
+    knots.reserve(n_in + kTile);
+    for (int64_t i = 0; i < n_in + kTile; ++i) {
+      const T* row = t + (i % n_in) * n_knots;
+      const T scale_i = static_cast<T>(grid) / (row[grid + k] - row[k]);
+      low.push_back(row[k]);
+      high.push_back(row[grid + k]);
+      scale.push_back(scale_i);
+      offset.push_back(static_cast<T>(k) - row[k] * scale_i);
+      knots.push_back(row);
+    }
   }
 };
 
@@ -55,9 +71,9 @@ struct KnotRow {
 // domain) and the k + 1 non-zero basis values B_{m-k+r}, r = 0..k, with their d / du.
 template <typename T>
 struct Tile {
-  int64_t count;
-  const KnotRow<T>* row[kTile];
-  T x[kTile], u[kTile], chain[kTile];
+  int64_t count, input;           // elements, input of the first one
+  const T* x;
+  T u[kTile], chain[kTile];
   int32_t m[kTile];
   T values[kMaxOrder + 1][kTile], slopes[kMaxOrder + 1][kTile];
   // Knot distances t_{m+q} - u and u - t_{m+1-q} (non-uniform knots only).
@@ -65,60 +81,50 @@ struct Tile {
   T saved[kTile], previous[kTile];
 };
 
-// Fills tile.x, tile.row for flat elements [start, start + count) of x (batch, in);
-// input: the input index of element start, advanced past the tile.
-template <typename T>
-inline void load_tile(Tile<T>& tile, const T* xs, const std::vector<KnotRow<T>>& rows,
-                      int64_t start, int64_t count, int64_t& input) {
-  const int64_t n_in = static_cast<int64_t>(rows.size());
-  tile.count = count;
-  for (int64_t e = 0; e < count; ++e) {
-    tile.x[e] = xs[start + e];
-    tile.row[e] = &rows[input];
-    if (++input == n_in) input = 0;
-  }
-}
+// The order as a compile-time constant K > 0 (the default cubic, unrolled), or K = 0
+// and the run-time k.
+template <int K>
+inline int64_t order(int64_t k) { return K > 0 ? K : k; }
 
 template <typename T, bool Uniform>
-void locate(Tile<T>& tile, int64_t k, int64_t grid) {
+void locate(Tile<T>& tile, const InputTable<T>& inputs, int64_t k, int64_t grid) {
   const int64_t n = tile.count;
+  const T* __restrict x = tile.x;
+  const T* __restrict low = inputs.low.data() + tile.input;
+  const T* __restrict high = inputs.high.data() + tile.input;
+  T* __restrict chain = tile.chain;
+  T* __restrict u = tile.u;
+  int32_t* __restrict interval = tile.m;
   if (Uniform) {
+    const T* __restrict offset = inputs.offset.data() + tile.input;
+    const T* __restrict scale = inputs.scale.data() + tile.input;
     const T lo = static_cast<T>(k), hi = static_cast<T>(grid + k);
     const int32_t first = static_cast<int32_t>(k), last = static_cast<int32_t>(grid + k - 1);
-    T offset[kTile], scale[kTile], low[kTile], high[kTile];
-    for (int64_t e = 0; e < n; ++e) {
-      offset[e] = tile.row[e]->offset;
-      scale[e] = tile.row[e]->scale;
-      low[e] = tile.row[e]->low;
-      high[e] = tile.row[e]->high;
-    }
+    // Branch-free (min / max, one select), so that the loop vectorises.
     for (int64_t e = 0; e < n; ++e) {
       // Inside is decided on x itself: s may round past k or G + k at the domain's ends.
-      tile.chain[e] = (tile.x[e] >= low[e] && tile.x[e] <= high[e]) ? scale[e] : T(0);
-      T s = offset[e] + tile.x[e] * scale[e];
-      s = s < lo ? lo : (s > hi ? hi : s);
+      chain[e] = std::min(std::max(x[e], low[e]), high[e]) == x[e] ? scale[e] : T(0);
+      const T s = std::min(std::max(offset[e] + x[e] * scale[e], lo), hi);
       // s >= k > 0, so truncation is the floor; the outer bound keeps a NaN in range.
-      int32_t m = static_cast<int32_t>(s);
-      m = m > last ? last : m;
-      m = m < first ? first : m;
-      tile.m[e] = m;
-      tile.u[e] = s - static_cast<T>(m);
+      const int32_t m = std::max(std::min(static_cast<int32_t>(s), last), first);
+      interval[e] = m;
+      u[e] = s - static_cast<T>(m);
     }
     return;
   }
+  const T* const* knots = inputs.knots.data() + tile.input;
   for (int64_t e = 0; e < n; ++e) {
-    const KnotRow<T>& row = *tile.row[e];
-    const T x = tile.x[e];
-    tile.chain[e] = (x >= row.low && x <= row.high) ? T(1) : T(0);
-    const T u = x < row.low ? row.low : (x > row.high ? row.high : x);
-    // Largest m in [k, G + k - 1] with t_m <= u.
+    const T clamped = std::min(std::max(x[e], low[e]), high[e]);
+    chain[e] = clamped == x[e] ? T(1) : T(0);
+    // Largest m in [k, G + k - 1] with t_m <= clamped.
+    const T* t = knots[e];
     int64_t lo = k, hi = grid + k - 1;
     while (lo < hi) {
       const int64_t mid = (lo + hi + 1) / 2;
-      if (row.t[mid] <= u) lo = mid; else hi = mid - 1;
+      if (t[mid] <= clamped) lo = mid; else hi = mid - 1;
     }
-    tile.m[e] = static_cast<int32_t>(lo);
-    tile.u[e] = u;
+    interval[e] = static_cast<int32_t>(lo);
+    u[e] = clamped;
   }
 }
 
@@ -148,9 +154,9 @@ inline void triangle_step(int64_t n, T* __restrict value, T* __restrict slope,
 // anyway: B'_{s,k} = k (B_{s,k-1} / (t_{s+k} - t_s) - B_{s+1,k-1} / (t_{s+k+1} - t_{s+1})).
 // On unit-spaced knots t_{m+q} - u = q - u, u - t_{m+1-q} = u + q - 1 and every support
 // width of degree j is j.
-template <typename T, bool Uniform, bool Slopes>
-void evaluate(Tile<T>& tile, int64_t k) {
-  const int64_t n = tile.count;
+template <typename T, int K, bool Uniform, bool Slopes>
+void evaluate(Tile<T>& tile, const InputTable<T>& inputs, int64_t k_) {
+  const int64_t n = tile.count, k = order<K>(k_);
   const T* u = tile.u;
   T* saved = tile.saved;
   T* previous = tile.previous;
@@ -158,7 +164,7 @@ void evaluate(Tile<T>& tile, int64_t k) {
   for (int64_t j = 1; j <= k; ++j) {
     if (!Uniform) {
       for (int64_t e = 0; e < n; ++e) {
-        const T* t = tile.row[e]->t + tile.m[e];
+        const T* t = inputs.knots[tile.input + e] + tile.m[e];
         tile.left[j][e] = u[e] - t[1 - j];
         tile.right[j][e] = t[j] - u[e];
       }
@@ -187,16 +193,6 @@ void evaluate(Tile<T>& tile, int64_t k) {
   }
 }
 
-template <typename T>
-std::vector<KnotRow<T>> knot_rows(const at::Tensor& knots, int64_t k) {
-  const T* t = knots.const_data_ptr<T>();
-  const int64_t n_in = knots.size(0), n_knots = knots.size(1);
-  std::vector<KnotRow<T>> rows;
-  rows.reserve(n_in);
-  for (int64_t i = 0; i < n_in; ++i) rows.emplace_back(t + i * n_knots, k, n_knots - 2 * k - 1);
-  return rows;
-}
-
 void check_inputs(const at::Tensor& x, const at::Tensor& knots, int64_t k, int64_t base,
                   const std::optional<at::Tensor>& gate) {
   TORCH_CHECK(x.device().is_cpu() && knots.device().is_cpu(), "spline kernels: CPU tensors only");
@@ -217,27 +213,35 @@ int64_t grain_rows(int64_t row_elements) {
 }
 
 // Runs body(tile, start) over the tiles of rows [0, batch) of x, rows split across threads.
-template <typename T, bool Uniform, bool Slopes, typename Body>
-void for_each_tile(const at::Tensor& x, const std::vector<KnotRow<T>>& rows, int64_t k,
-                   int64_t grid, int64_t width, const Body& body) {
+template <typename T, int K, bool Uniform, bool Slopes, typename Body>
+void for_each_tile(const at::Tensor& x, const InputTable<T>& inputs, int64_t k, int64_t grid,
+                   int64_t width, const Body& body) {
   const int64_t n_in = x.size(1);
   const T* xs = x.const_data_ptr<T>();
   at::parallel_for(0, x.size(0), grain_rows(n_in * width), [&](int64_t begin, int64_t end) {
     auto tile = std::make_unique<Tile<T>>();
-    int64_t input = 0;                                // chunks start at a row
+    tile->input = 0;                                  // chunks start at a row
     for (int64_t start = begin * n_in; start < end * n_in; start += kTile) {
-      load_tile(*tile, xs, rows, start, std::min(kTile, end * n_in - start), input);
-      locate<T, Uniform>(*tile, k, grid);
-      evaluate<T, Uniform, Slopes>(*tile, k);
+      tile->count = std::min(kTile, end * n_in - start);
+      tile->x = xs + start;
+      locate<T, Uniform>(*tile, inputs, k, grid);
+      evaluate<T, K, Uniform, Slopes>(*tile, inputs, k);
       body(*tile, start);
+      tile->input = (tile->input + tile->count) % n_in;
     }
   });
 }
 
+// Calls body(order constant K, uniform constant): K = 3 (the default order) unrolled,
+// any other order at run time.
 template <typename Body>
-void dispatch_uniform(bool uniform, const Body& body) {
-  if (uniform) body(std::true_type{});
-  else body(std::false_type{});
+void dispatch(int64_t k, bool uniform, const Body& body) {
+  auto with_order = [&](auto uniform_constant) {
+    if (k == 3) body(std::integral_constant<int, 3>{}, uniform_constant);
+    else body(std::integral_constant<int, 0>{}, uniform_constant);
+  };
+  if (uniform) with_order(std::true_type{});
+  else with_order(std::false_type{});
 }
 
 // x (batch, in), knots (in, G + 2k + 1) -> extended basis (batch, in * width);
@@ -250,18 +254,20 @@ at::Tensor extended_basis(const at::Tensor& x, const at::Tensor& knots, int64_t 
   const int64_t width = n_basis + (base == kZero ? 0 : 1);
   at::Tensor out = at::empty({batch, n_in * width}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kan_extended_basis", [&] {
-    const auto rows = knot_rows<scalar_t>(knots, k);
+    const InputTable<scalar_t> inputs(knots, k);
     scalar_t* dense = out.mutable_data_ptr<scalar_t>();
     const scalar_t* gates = base == kSilu ? gate->const_data_ptr<scalar_t>() : nullptr;
-    dispatch_uniform(uniform, [&](auto uniform_constant) {
+    dispatch(k, uniform, [&](auto order_constant, auto uniform_constant) {
+      constexpr int K = decltype(order_constant)::value;
       constexpr bool U = decltype(uniform_constant)::value;
-      for_each_tile<scalar_t, U, false>(x, rows, k, grid, width, [&](Tile<scalar_t>& tile, int64_t start) {
+      const int64_t kk = order<K>(k);
+      for_each_tile<scalar_t, K, U, false>(x, inputs, k, grid, width, [&](Tile<scalar_t>& tile, int64_t start) {
         // Zero the tile's blocks at once (they stay in cache), then write the non-zeros.
         scalar_t* blocks = dense + start * width;
         std::memset(blocks, 0, sizeof(scalar_t) * tile.count * width);
         for (int64_t e = 0; e < tile.count; ++e) {
-          scalar_t* block = blocks + e * width + (tile.m[e] - k);
-          for (int64_t r = 0; r <= k; ++r) block[r] = tile.values[r][e];
+          scalar_t* block = blocks + e * width + (tile.m[e] - kk);
+          for (int64_t r = 0; r <= kk; ++r) block[r] = tile.values[r][e];
         }
         if (base == kIdentity) {
           for (int64_t e = 0; e < tile.count; ++e) blocks[e * width + n_basis] = tile.x[e];
@@ -290,19 +296,21 @@ at::Tensor input_grad(const at::Tensor& x, const at::Tensor& knots, int64_t k, b
               "spline kernels: grad_ext must be contiguous (batch, in * width) of x's dtype");
   at::Tensor out = at::empty({batch, n_in}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kan_input_grad", [&] {
-    const auto rows = knot_rows<scalar_t>(knots, k);
+    const InputTable<scalar_t> inputs(knots, k);
     const scalar_t* grads = grad_ext.const_data_ptr<scalar_t>();
     const scalar_t* gates = base == kSilu ? gate->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* result = out.mutable_data_ptr<scalar_t>();
-    dispatch_uniform(uniform, [&](auto uniform_constant) {
+    dispatch(k, uniform, [&](auto order_constant, auto uniform_constant) {
+      constexpr int K = decltype(order_constant)::value;
       constexpr bool U = decltype(uniform_constant)::value;
-      for_each_tile<scalar_t, U, true>(x, rows, k, grid, width, [&](Tile<scalar_t>& tile, int64_t start) {
+      const int64_t kk = order<K>(k);
+      for_each_tile<scalar_t, K, U, true>(x, inputs, k, grid, width, [&](Tile<scalar_t>& tile, int64_t start) {
         const scalar_t* blocks = grads + start * width;
         scalar_t* sums = result + start;
         for (int64_t e = 0; e < tile.count; ++e) {
-          const scalar_t* picked = blocks + e * width + (tile.m[e] - k);
+          const scalar_t* picked = blocks + e * width + (tile.m[e] - kk);
           scalar_t sum = 0;
-          for (int64_t r = 0; r <= k; ++r) sum += tile.slopes[r][e] * picked[r];
+          for (int64_t r = 0; r <= kk; ++r) sum += tile.slopes[r][e] * picked[r];
           sums[e] = sum * tile.chain[e];
         }
         if (base == kIdentity) {
@@ -319,14 +327,105 @@ at::Tensor input_grad(const at::Tensor& x, const at::Tensor& knots, int64_t k, b
   return out;
 }
 
+void check_weights(const at::Tensor& coef, const at::Tensor& spline_weight, const at::Tensor& mask) {
+  TORCH_CHECK(coef.device().is_cpu() && coef.dim() == 3 && coef.is_contiguous(),
+              "spline kernels: coef must be a contiguous CPU tensor (out, in, G + k)");
+  for (const at::Tensor* t : {&spline_weight, &mask}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == coef.scalar_type() &&
+                    t->dim() == 2 && t->size(0) == coef.size(0) && t->size(1) == coef.size(1),
+                "spline kernels: weights and mask must be contiguous (out, in) of coef's dtype");
+  }
+}
+
+// Elements of the weights per thread: these passes are a few flops per element.
+int64_t grain_blocks(int64_t block_elements) {
+  return std::max<int64_t>(1, 4 * kGrainElements / std::max<int64_t>(1, block_elements));
+}
+
+// -> extended weight (out, in * width): coef * (spline_weight * mask), then with a base
+// function base_weight * mask in the last column of every (out, in) block.
+at::Tensor extended_weight(const at::Tensor& coef, const at::Tensor& spline_weight,
+                           const std::optional<at::Tensor>& base_weight, const at::Tensor& mask) {
+  check_weights(coef, spline_weight, mask);
+  if (base_weight.has_value()) check_weights(coef, *base_weight, mask);
+  const int64_t n_out = coef.size(0), n_in = coef.size(1), n_basis = coef.size(2);
+  const bool with_base = base_weight.has_value();
+  const int64_t width = n_basis + (with_base ? 1 : 0);
+  at::Tensor out = at::empty({n_out, n_in * width}, coef.options());
+  AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "kan_extended_weight", [&] {
+    const scalar_t* c = coef.const_data_ptr<scalar_t>();
+    const scalar_t* w = spline_weight.const_data_ptr<scalar_t>();
+    const scalar_t* b = with_base ? base_weight->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* m = mask.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, n_out * n_in, grain_blocks(width), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t scale = w[p] * m[p];
+        const scalar_t* from = c + p * n_basis;
+        scalar_t* to = o + p * width;
+        for (int64_t r = 0; r < n_basis; ++r) to[r] = from[r] * scale;
+        if (with_base) to[n_basis] = b[p] * m[p];
+      }
+    });
+  });
+  return out;
+}
+
+// grad_ext (out, in * width), the gradient of the extended weight -> (d coef
+// (out, in, G + k), d spline_weight (out, in), d base_weight (out, in) or None).
+std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> weight_grads(
+    const at::Tensor& grad_ext, const at::Tensor& coef, const at::Tensor& spline_weight,
+    const at::Tensor& mask, bool with_base) {
+  check_weights(coef, spline_weight, mask);
+  const int64_t n_out = coef.size(0), n_in = coef.size(1), n_basis = coef.size(2);
+  const int64_t width = n_basis + (with_base ? 1 : 0);
+  TORCH_CHECK(grad_ext.is_contiguous() && grad_ext.dim() == 2 && grad_ext.size(0) == n_out &&
+                  grad_ext.size(1) == n_in * width && grad_ext.scalar_type() == coef.scalar_type(),
+              "spline kernels: grad_ext must be contiguous (out, in * width) of coef's dtype");
+  at::Tensor grad_coef = at::empty_like(coef);
+  at::Tensor grad_spline = at::empty_like(spline_weight);
+  std::optional<at::Tensor> grad_base;
+  if (with_base) grad_base = at::empty_like(spline_weight);
+  AT_DISPATCH_FLOATING_TYPES(coef.scalar_type(), "kan_weight_grads", [&] {
+    const scalar_t* g = grad_ext.const_data_ptr<scalar_t>();
+    const scalar_t* c = coef.const_data_ptr<scalar_t>();
+    const scalar_t* w = spline_weight.const_data_ptr<scalar_t>();
+    const scalar_t* m = mask.const_data_ptr<scalar_t>();
+    scalar_t* gc = grad_coef.mutable_data_ptr<scalar_t>();
+    scalar_t* gs = grad_spline.mutable_data_ptr<scalar_t>();
+    scalar_t* gb = with_base ? grad_base->mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n_out * n_in, grain_blocks(width), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* from = g + p * width;
+        const scalar_t* coefs = c + p * n_basis;
+        const scalar_t scale = w[p] * m[p];
+        scalar_t dot = 0;
+        for (int64_t r = 0; r < n_basis; ++r) {
+          gc[p * n_basis + r] = from[r] * scale;
+          dot += from[r] * coefs[r];
+        }
+        gs[p] = dot * m[p];
+        if (with_base) gb[p] = from[n_basis] * m[p];
+      }
+    });
+  });
+  return {grad_coef, grad_spline, grad_base};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.doc() = "CPU kernels of kanmodel.spline_op (extended basis, input gradient)";
+  module.doc() = "CPU kernels of kanmodel.spline_op (extended basis and weight, their gradients)";
   module.attr("MAX_ORDER") = kMaxOrder;
   module.def("extended_basis", &extended_basis,
              "x (batch, in), knots (in, G + 2k + 1), k, uniform, base (0 zero, 1 identity, 2 silu),"
              " gate (sigmoid(x) for silu, else None) -> (batch, in * width)");
   module.def("input_grad", &input_grad,
              "x, knots, k, uniform, base, gate, grad_ext (batch, in * width) -> (batch, in)");
+  module.def("extended_weight", &extended_weight,
+             "coef (out, in, G + k), spline_weight, base_weight or None, mask (out, in)"
+             " -> (out, in * width)");
+  module.def("weight_grads", &weight_grads,
+             "grad_ext (out, in * width), coef, spline_weight, mask, with_base"
+             " -> (d coef, d spline_weight, d base_weight or None)");
 }
