@@ -71,7 +71,7 @@ async def measure(app, key: str, blocks: int, calls: int) -> dict[str, float]:
     runtime = app.state.inference
     graphs = {}
     for name in BODIES:
-        served, predictor, _ = runtime._recent(key, name, None, "spline")
+        served, predictor, _ = runtime.recent(key, name, None, "spline")
         x = np.asarray(BODIES[name]["inputs"], dtype=np.float32)
         graphs[f"{name} graph run alone"] = (predictor, x)
     best: dict[str, float] = {}

@@ -49,3 +49,32 @@ def test_concurrent_clients_get_their_own_rows(tmp_path, monkeypatch, batching):
         assert total_runs < len(requests), "no requests were merged"
     else:
         assert runs_of_one == total_runs == len(requests)
+
+
+def test_requests_that_miss_the_lookup_together_share_one_database_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv("KANSERVE_WARM_MODELS", "0")
+    env = serving_env(tmp_path)
+    env.register("aff", 1, affine_model(WEIGHT, BIAS, "input", "output"), output_names=("a", "b", "c"))
+    runtime = env.app.state.inference
+    resolved = []
+    real_resolve = runtime.resolve
+
+    def counting_resolve(*args):
+        resolved.append(args[1:])
+        return real_resolve(*args)
+    monkeypatch.setattr(runtime, "resolve", counting_resolve)
+    xs = [np.full((1, 2), i, np.float32) for i in range(12)]
+
+    async def main():
+        def to_matrix(x):
+            return lambda served, predictor: x
+        return await asyncio.gather(*(runtime.infer(env.key, "aff", None, "spline", to_matrix(x), 1) for x in xs))
+
+    results = asyncio.run(main())
+    assert resolved == [("aff", None, "spline")]
+    for x, result in zip(xs, results):
+        np.testing.assert_allclose(result.outputs["output"], x @ WEIGHT + BIAS, rtol=1e-6)
+    # A different name is its own lookup (and its own error).
+    with pytest.raises(LookupError):
+        asyncio.run(runtime.infer(env.key, "nope", None, "spline", lambda s, p: xs[0], 1))
+    runtime.close()

@@ -5,10 +5,11 @@ One InferenceRuntime per process (app.state.inference).
 
 Hot path: the model version named by a request is remembered for a second
 (LookupCache); with it and the session cached, a small request is converted on the
-event loop and handed to the graph's MicroBatcher, which runs it (alone, or merged
-with others) on the loop when the graph is measured to be quick, on the pool
-otherwise. Without those caches, one hop to the pool first does the lookup query,
-the session load and the conversion.
+event loop (a large one on the pool) and handed to the graph's MicroBatcher, which
+runs it (alone, or merged with others) on the loop when the graph is measured to be
+quick, on the pool otherwise. Without those caches, one hop to the pool first does
+the lookup query and the session load, shared by the requests that need the same
+lookup meanwhile.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class InferenceRuntime:
         self._on_batch = on_batch
         self._batchers: dict[CacheKey, MicroBatcher] = {}
         self._lookups: LookupCache[tuple[ServedModel, np.ndarray | None]] = LookupCache(settings.model_lookup_ttl_s)
+        self._resolving: dict[tuple, asyncio.Future] = {}
 
     # -- blocking parts, run on the pool ------------------------------------------------
     def resolve(self, api_key: str | None, name: str, version: int | None,
@@ -92,7 +94,7 @@ class InferenceRuntime:
         self._lookups.put(_lookup_key(api_key, name, version, engine), (served, ranges))
         return served, predictor, ranges
 
-    def _recent(self, api_key, name, version, engine):
+    def recent(self, api_key, name, version, engine):
         """(served, predictor, ranges) when both the lookup and the session are cached."""
         hit = self._lookups.get(_lookup_key(api_key, name, version, engine))
         if hit is None:
@@ -104,10 +106,6 @@ class InferenceRuntime:
     def _graph(self, conn: sa.Connection, served: ServedModel) -> OnnxPredictor:
         return self.cache.get(served.cache_key, partial(read_artifact, conn, served.model_id,
                                                         served.artifact_kind))
-
-    def _prepare(self, api_key, name, version, engine, to_matrix: ToMatrix):
-        served, predictor, ranges = self.resolve(api_key, name, version, engine)
-        return served, predictor, ranges, to_matrix(served, predictor)
 
     def warm(self) -> int:
         """Load the most recently registered versions' graphs; returns how many loaded."""
@@ -126,15 +124,28 @@ class InferenceRuntime:
     async def infer(self, api_key: str | None, name: str, version: int | None, engine: str,
                     to_matrix: ToMatrix, n_rows: int) -> Inference:
         """n_rows: how many rows the request holds (decides where it is converted)."""
-        recent = self._recent(api_key, name, version, engine) if n_rows <= INLINE_ROWS else None
-        if recent is not None:
-            served, predictor, ranges = recent
+        found = self.recent(api_key, name, version, engine) or await self._resolve_shared(
+            api_key, name, version, engine)
+        served, predictor, ranges = found
+        if n_rows <= INLINE_ROWS:
             x = to_matrix(served, predictor)
         else:
-            served, predictor, ranges, x = await self.call(
-                self._prepare, api_key, name, version, engine, to_matrix)
+            x = await self.call(to_matrix, served, predictor)
         values = await self._batcher(served.cache_key, predictor).submit(x)
         return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
+
+    async def _resolve_shared(self, api_key, name, version, engine):
+        """resolve() on the pool, once for all the requests that ask the same while it
+        runs: when a remembered lookup expires under load, every request in flight
+        would otherwise query the database for the same answer."""
+        key = _lookup_key(api_key, name, version, engine)
+        pending = self._resolving.get(key)
+        if pending is None:
+            pending = self._resolving[key] = asyncio.ensure_future(
+                self.call(self.resolve, api_key, name, version, engine))
+            pending.add_done_callback(lambda _: self._resolving.pop(key, None))
+        # Shielded: a caller that goes away does not cancel the others' lookup.
+        return await asyncio.shield(pending)
 
     def _batcher(self, key: CacheKey, predictor: OnnxPredictor) -> MicroBatcher:
         batcher = self._batchers.get(key)
