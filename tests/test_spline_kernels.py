@@ -159,6 +159,22 @@ def test_empty_batch_and_non_contiguous_input(uniform, monkeypatch):
 
 
 @needs_kernels
+@pytest.mark.parametrize("uniform", [True, False])
+def test_infinite_and_nan_inputs_stay_in_bounds(uniform, monkeypatch):
+    """inf is clamped onto the domain's end; NaN gives NaN in its own row only (its
+    interval is kept inside the table, no write goes astray)."""
+    monkeypatch.setattr(spline_op, "use_kernels", True)
+    layer = make_layer(3, uniform, "zero", torch.float64)
+    low, high = layer.knots[:, 3], layer.knots[:, 5 + 3]
+    x = torch.stack([torch.full((3,), float("inf")), torch.full((3,), -float("inf")),
+                     torch.full((3,), float("nan")), (low + high) / 2]).double()
+    expected = layer(torch.stack([high, low, low, (low + high) / 2]))
+    out = layer(x)
+    torch.testing.assert_close(out[[0, 1, 3]], expected[[0, 1, 3]])
+    assert out[2].isnan().all()
+
+
+@needs_kernels
 @pytest.mark.parametrize("k, uniform, base", [(3, True, "silu"), (3, False, "silu"),
                                               (2, True, "identity"), (4, False, "zero")])
 def test_gradcheck_through_the_kernels(k, uniform, base, monkeypatch):

@@ -1,5 +1,6 @@
 // CPU kernels of the KAN layer op (kanmodel/spline_op.py): the dense basis built in one
-// pass, and the input gradient recomputed from x.
+// pass, the input gradient recomputed from x, and the folded weight and the split of its
+// gradient, each one pass instead of several torch ops.
 //
 // Layout: every (row b, input i) owns one block of `width` columns of the extended basis
 // (batch, in * width): columns 0 .. G + k - 1 hold B_0 .. B_{G+k-1}(clamp(x)), of which
@@ -253,6 +254,7 @@ at::Tensor extended_basis(const at::Tensor& x, const at::Tensor& knots, int64_t 
   const int64_t grid = knots.size(1) - 2 * k - 1, n_basis = grid + k;
   const int64_t width = n_basis + (base == kZero ? 0 : 1);
   at::Tensor out = at::empty({batch, n_in * width}, x.options());
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kan_extended_basis", [&] {
     const InputTable<scalar_t> inputs(knots, k);
     scalar_t* dense = out.mutable_data_ptr<scalar_t>();
@@ -295,6 +297,7 @@ at::Tensor input_grad(const at::Tensor& x, const at::Tensor& knots, int64_t k, b
                   grad_ext.size(1) == n_in * width && grad_ext.scalar_type() == x.scalar_type(),
               "spline kernels: grad_ext must be contiguous (batch, in * width) of x's dtype");
   at::Tensor out = at::empty({batch, n_in}, x.options());
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kan_input_grad", [&] {
     const InputTable<scalar_t> inputs(knots, k);
     const scalar_t* grads = grad_ext.const_data_ptr<scalar_t>();
