@@ -283,24 +283,34 @@ at::Tensor extended_basis(const at::Tensor& x, const at::Tensor& knots, int64_t 
   return out;
 }
 
-// grad_ext (batch, in * width) = grad_out @ extended weight -> d loss / dx (batch, in):
-// the spline part (zero outside [t_k, t_{G+k}], the inside derivative on its ends) plus
-// the base part (silu'(x) = s (1 + x (1 - s)) from the gate s = sigmoid(x)).
+// -> d loss / dx (batch, in): the spline part (zero outside [t_k, t_{G+k}], the inside
+// derivative on its ends) plus the base part (silu'(x) = s (1 + x (1 - s)) from the gate
+// s = sigmoid(x)), from the gradient of the extended basis, which is either
+// - given: grad (batch, in * width) = grad_out @ extended weight, weight_t None; or
+// - with weight_t = extended weight^T (in * width, out) and grad = grad_out (batch, out):
+//   only the k + 2 columns each element needs, as dot products (for few outputs these
+//   cost less than the matmul's whole (batch, in * width) product).
 at::Tensor input_grad(const at::Tensor& x, const at::Tensor& knots, int64_t k, bool uniform,
-                      int64_t base, const std::optional<at::Tensor>& gate,
-                      const at::Tensor& grad_ext) {
+                      int64_t base, const std::optional<at::Tensor>& gate, const at::Tensor& grad,
+                      const std::optional<at::Tensor>& weight_t) {
   check_inputs(x, knots, k, base, gate);
   const int64_t batch = x.size(0), n_in = x.size(1);
   const int64_t grid = knots.size(1) - 2 * k - 1, n_basis = grid + k;
   const int64_t width = n_basis + (base == kZero ? 0 : 1);
-  TORCH_CHECK(grad_ext.is_contiguous() && grad_ext.dim() == 2 && grad_ext.size(0) == batch &&
-                  grad_ext.size(1) == n_in * width && grad_ext.scalar_type() == x.scalar_type(),
-              "spline kernels: grad_ext must be contiguous (batch, in * width) of x's dtype");
+  const bool direct = weight_t.has_value();
+  const int64_t n_out = direct ? weight_t->size(1) : 0;
+  TORCH_CHECK(grad.is_contiguous() && grad.dim() == 2 && grad.size(0) == batch &&
+                  grad.size(1) == (direct ? n_out : n_in * width) && grad.scalar_type() == x.scalar_type(),
+              "spline kernels: grad must be contiguous (batch, out) with weight_t, else (batch, in * width)");
+  TORCH_CHECK(!direct || (weight_t->is_contiguous() && weight_t->dim() == 2 &&
+                          weight_t->size(0) == n_in * width && weight_t->scalar_type() == x.scalar_type()),
+              "spline kernels: weight_t must be contiguous (in * width, out) of x's dtype");
   at::Tensor out = at::empty({batch, n_in}, x.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kan_input_grad", [&] {
     const InputTable<scalar_t> inputs(knots, k);
-    const scalar_t* grads = grad_ext.const_data_ptr<scalar_t>();
+    const scalar_t* grads = grad.const_data_ptr<scalar_t>();
+    const scalar_t* weights = direct ? weight_t->const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gates = base == kSilu ? gate->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* result = out.mutable_data_ptr<scalar_t>();
     dispatch(k, uniform, [&](auto order_constant, auto uniform_constant) {
@@ -308,20 +318,37 @@ at::Tensor input_grad(const at::Tensor& x, const at::Tensor& knots, int64_t k, b
       constexpr bool U = decltype(uniform_constant)::value;
       const int64_t kk = order<K>(k);
       for_each_tile<scalar_t, K, U, true>(x, inputs, k, grid, width, [&](Tile<scalar_t>& tile, int64_t start) {
-        const scalar_t* blocks = grads + start * width;
         scalar_t* sums = result + start;
-        for (int64_t e = 0; e < tile.count; ++e) {
-          const scalar_t* picked = blocks + e * width + (tile.m[e] - kk);
-          scalar_t sum = 0;
-          for (int64_t r = 0; r <= kk; ++r) sum += tile.slopes[r][e] * picked[r];
-          sums[e] = sum * tile.chain[e];
-        }
-        if (base == kIdentity) {
-          for (int64_t e = 0; e < tile.count; ++e) sums[e] += blocks[e * width + n_basis];
-        } else if (base == kSilu) {
-          for (int64_t e = 0; e < tile.count; ++e) {
+        for (int64_t e = 0, b = start / n_in, i = tile.input; e < tile.count; ++e) {
+          const int64_t first = i * width + tile.m[e] - kk;   // column of the first non-zero
+          scalar_t sum = 0, base_grad = 0;
+          if (direct) {
+            // sum_r slope_r grad_ext[b, first + r] = sum_o grad_out[b, o] sum_r slope_r W^T[first + r, o]
+            const scalar_t* row = grads + b * n_out;
+            const scalar_t* columns = weights + first * n_out;
+            const scalar_t* base_column = weights + (i * width + n_basis) * n_out;
+            for (int64_t o = 0; o < n_out; ++o) {
+              scalar_t combined = 0;
+              for (int64_t r = 0; r <= kk; ++r) combined += tile.slopes[r][e] * columns[r * n_out + o];
+              sum += row[o] * combined;
+              if (base != kZero) base_grad += row[o] * base_column[o];
+            }
+          } else {
+            const scalar_t* picked = grads + b * n_in * width + first;
+            for (int64_t r = 0; r <= kk; ++r) sum += tile.slopes[r][e] * picked[r];
+            if (base != kZero) base_grad = grads[b * n_in * width + i * width + n_basis];
+          }
+          sum *= tile.chain[e];
+          if (base == kIdentity) {
+            sum += base_grad;
+          } else if (base == kSilu) {
             const scalar_t s = gates[start + e];
-            sums[e] += blocks[e * width + n_basis] * s * (scalar_t(1) + tile.x[e] * (scalar_t(1) - s));
+            sum += base_grad * s * (scalar_t(1) + tile.x[e] * (scalar_t(1) - s));
+          }
+          sums[e] = sum;
+          if (++i == n_in) {
+            i = 0;
+            ++b;
           }
         }
       });
@@ -424,7 +451,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "x (batch, in), knots (in, G + 2k + 1), k, uniform, base (0 zero, 1 identity, 2 silu),"
              " gate (sigmoid(x) for silu, else None) -> (batch, in * width)");
   module.def("input_grad", &input_grad,
-             "x, knots, k, uniform, base, gate, grad_ext (batch, in * width) -> (batch, in)");
+             "x, knots, k, uniform, base, gate, grad (batch, in * width), None or"
+             " grad_out (batch, out), extended weight^T (in * width, out) -> (batch, in)");
   module.def("extended_weight", &extended_weight,
              "coef (out, in, G + k), spline_weight, base_weight or None, mask (out, in)"
              " -> (out, in * width)");
