@@ -22,10 +22,12 @@ On CPU (float32/float64, k <= kernels.MAX_ORDER) the compiled kernels of
 kanmodel/csrc/spline_kernels.cpp replace all of that when they were built at install
 time: one pass writes an extended basis (batch, in * (G + k + 1)) whose last column per
 input is base(x), so a single matmul with the extended weight (out, in * (G + k + 1))
-gives the spline and the base term, and the backward has one matmul for the input
-gradient (then one kernel pass that recomputes the basis derivatives from x) and one for
-all weight gradients. CUDA, other dtypes and a missing extension use the torch path; so
-does everything when KANMODEL_DISABLE_KERNELS=1 is set or `use_kernels` is False.
+gives the spline and the base term. The backward recomputes the basis derivatives from x
+in one kernel pass for the input gradient (fed by grad_out @ weight, or for few outputs
+forming the few columns of it that each input needs itself) and has one matmul for all
+weight gradients, split by one more pass. CUDA, other dtypes and a missing extension use
+the torch path; so does everything when KANMODEL_DISABLE_KERNELS=1 is set or
+`use_kernels` is False.
 """
 from __future__ import annotations
 
