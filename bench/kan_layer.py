@@ -4,7 +4,10 @@ Usage (from the repository root):
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py --write-docs
 
 Implementations, each timed forward (no_grad) and forward+backward (sum of outputs):
-- kanmodel: the KAN layers of kanmodel (k + 1 local basis values, custom autograd op);
+- kanmodel: the KAN layers of kanmodel (k + 1 local basis values, custom autograd op,
+  compiled CPU kernels when built);
+- torch path: the same layers with the compiled kernels switched off (what CUDA and an
+  install without a C++ compiler run);
 - full-basis: a reference that builds the whole (batch, in, G + k) Cox-de Boor table
   and does one matmul (the efficient-KAN approach), written here;
 - pykan: PyKAN 0.2.8 after model.speed(), in the benchmark venv .bench-venv
@@ -15,8 +18,7 @@ Implementations, each timed forward (no_grad) and forward+backward (sum of outpu
 Timings: median over rounds of per-call means of ~30 ms blocks; the implementations are
 interleaved in rotating order inside each round, with 2 threads and then 1 thread.
 Peak memory: tensors allocated during one forward+backward (torch profiler records).
---hellokan also runs bench/hellokan.py (fitting exp(sin(pi x) + y^2) to test RMSE 1e-3
-against PyKAN) in the same run.
+hellokan against PyKAN (time to test RMSE 1e-3) is bench/hellokan.py.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from docs_section import DOCS, write_section  # noqa: E402
 from timing import forward_backward_call, forward_call, peak_memory, time_block  # noqa: E402
 
 import kanmodel  # noqa: E402
+from kanmodel import spline_op  # noqa: E402
 from kanmodel.grid import uniform_knots  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +77,22 @@ class FullBasisLayer(nn.Module):
         # No clamp: inside the grid (as benchmarked) the table is already right.
         basis = cox_de_boor(x, self.knots, self.k).reshape(len(x), -1)
         return F.linear(F.silu(x), self.base_weight, self.bias) + F.linear(basis, self.weight)
+
+
+class TorchPath(nn.Module):
+    """kanmodel's layers with spline_op.use_kernels off for the call (the backward follows
+    the path its forward took)."""
+
+    def __init__(self, layers: nn.Module):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x):
+        saved, spline_op.use_kernels = spline_op.use_kernels, False
+        try:
+            return self.layers(x)
+        finally:
+            spline_op.use_kernels = saved
 
 
 class Floor(nn.Module):
@@ -168,7 +187,7 @@ def build_local(width, batch, grid):
     reference = nn.Sequential(*[FullBasisLayer(layer) for layer in model.layers])
     torch.testing.assert_close(ours(x), reference(x), atol=1e-4, rtol=1e-4)
     mlp, mlp_sizes = mlp_with_parameters(width, kan_parameter_count(width, grid))
-    implementations = {"kanmodel": ours, "full-basis": reference, "mlp": mlp,
+    implementations = {"kanmodel": ours, "torch path": TorchPath(ours), "full-basis": reference, "mlp": mlp,
                        "floor": Floor(width, batch, grid)}
     return implementations, x, mlp_sizes
 
@@ -209,54 +228,26 @@ def bench_shape(width, batch, grid, rounds, threads_list, pykan):
 
 
 LAYER_NOTES = """How kanmodel's layer gets there (kanmodel/spline_op.py): one autograd function per
-layer evaluates only the k + 1 non-zero B-spline values per input, scatters them into the
-dense (batch, in (G + k)) basis and does one matmul with coef * spline_weight * mask plus
-the base matmul; backward: grad_out^T @ dense for the weights and, for the input, the
-k + 1 entries of grad_out @ weight at the scattered positions against the basis
-derivatives; nothing of the basis evaluation is kept in an autograd graph.
-At these sizes the number and kind of tensor ops matter more than flops. With 2 threads
-on this shared machine every elementwise op over more than 32768 elements and every MKL
-matmul is an OpenMP parallel region, which costs 0.1-0.5 ms whenever the other core is
-busy (a (4 x 4) @ (4 x 32768) matmul: 0.04 ms with 1 thread, 0.4-0.5 ms with 2 under
-load). So large layers work on (batch, in) planes, one op per plane: the cubic basis by a
-closed form (w = 1 - u: B0 = w^3 / 6, B3 = u^3 / 6, B1 = w + B3 - 2 B0, B2 = u + B0 - 2 B3)
-and its derivative as the quadratic basis applied to differences of the k + 1 values read
-back, one 1-D scatter per plane (1-D scatter and index_select run single-threaded) and one
-index_select of overlapping (k + 1)-rows in backward; small layers (k + 1 planes of at
-most 32768 values, where the ~5 us per op dominate) do each step as one op over all planes
-(powers of u and a small matmul). Thin outputs (<= 16, dense >= 65536 entries) multiply as
-(out, K) @ (K, batch), 1.5-2x faster in MKL than (batch, K) @ (K, out).
-Adaptive knots (the path training takes with the default grid_eps < 1): each input's
-interval is found by a lookup in equal cells of its domain (refined until a cell holds at
-most one knot, then at most one step forward) instead of searchsorted, and the interval's
-polynomial coefficients are gathered with one index_select and evaluated by Horner. With
-the same knots flagged non-uniform they cost 1.17-1.48x the uniform path (thread CPU time,
-1 thread, forward+backward; the previous op measured the same way: 1.36-1.69x).
-Tried and not kept (no gain beyond this machine's noise in paired runs): the base term as
-one more column per input of the dense matrix (one addmm forward, one mm per product in
-backward; 0.93-1.14x the time of the kept op over runs, 1 and 2 threads), F.embedding_bag
-for the forward (no faster than the matmul; its backward is 10-50x slower), scatter and
-gather through strided or interleaved views (2-16x slower).
-What is left. Over five runs of this command before the one above (same op, 2026-11-29,
-under other jobs' load), forward+backward: with 2 threads [2, 5, 1] was 2.05-3.68x faster
-than full-basis (target met in 4 of 5), [6, 8, 4, 1] 5.35-6.77x and 2.19-2.69x the floor
-(floor target met in none), [14, 64, 32, 2] 3.48-5.01x (4x met in 1 of 5) and 1.56-2.07x
-the floor (met in 4), [784, 64, 10] 3.66-9.69x (met in 4) and 0.72-1.76x the floor; with
-1 thread [2, 5, 1] 2.26-3.01x (met in 1), [6, 8, 4, 1] 6.28-7.16x and 2.51-3.60x the floor
-(met in none), [14, 64, 32, 2] 3.21-4.24x (met in 2) and 2.05-2.70x the floor (met in
-none), [784, 64, 10] 3.90-5.32x (met in 4) and 1.60-2.11x the floor (met in 4). Paired
-against the previous version of the op in one process (median of 21 per-round ratios), this
-one takes 0.90-0.97x its time with 1 thread on the three smaller shapes (0.54-0.98x on
-[784, 64, 10] across paired runs) and 0.94-1.00x with 2 threads: a small gain, not the one
-the targets need. Why: on [6, 8, 4, 1] (batch 4096,
-grid 10, outputs 8, 4, 1) building the dense basis (zero fill and k + 1 scatters, ~2 ns
-per value) and reading k + 1 values per input back cost about as much as that shape's thin
-matmuls, which are all the floor does; [2, 5, 1] is almost all per-op overhead (at batch 4
-the same forward+backward costs 0.9 ms against 1.0-1.2 ms at batch 1000, full-basis 1.1 ms),
-so its ratio follows the load; and the full-basis reference gains more than kanmodel from
-the second thread whenever that core happens to be free. Going further would take fusing
-the basis, scatter and gather into one kernel (a compiled extension), which this project
-does not have.
+layer evaluates only the k + 1 non-zero B-spline values per input and does one matmul per
+product; nothing of the basis evaluation is kept in an autograd graph. On CPU it runs the
+compiled kernels of kanmodel/csrc/spline_kernels.cpp (built at install time): one pass
+writes an extended basis (batch, in (G + k + 1)), every (row, input) block holding its
+k + 1 non-zero values, zeros and base(x) in the last column, so spline and base term are
+one addmm with the extended weight; the basis is evaluated 64 (row, input) elements at a
+time (interval by the floor of the knot coordinate on uniform knots, a binary search
+otherwise; the Cox-de Boor triangle for any k <= 15, unrolled for k = 3) so that each step
+vectorises, and rows are split across threads only in blocks of 32768 entries (a parallel
+region costs 0.1-0.5 ms on this shared machine when the other core is busy). Backward:
+one matmul grad_out^T @ extended basis for every weight gradient (split by one pass), and
+for the input the basis derivatives recomputed from x against grad_out @ weight (for
+layers of at most 8 outputs only the k + 2 columns each input needs are formed).
+The torch path column is the same layers with the kernels switched off, which is what
+CUDA and an install without a C++ compiler run: k + 1 values per input scattered into a
+zeroed dense basis (one scatter per plane for large layers, a closed-form cubic), one
+matmul each for the spline and the base term, and in backward the k + 1 entries of
+grad_out @ weight read back per input. What the kernels remove is that path's fixed
+per-op cost (about 30 small torch ops per layer) and its several passes over the dense
+basis; the matmuls, which are all the floor does, remain.
 Timings on this shared 2-core machine move by 20-50% between runs (other jobs run
 alongside); the ratios within one interleaved run are the comparable numbers."""
 
@@ -269,26 +260,26 @@ def format_layer_section(all_results, rounds, threads_list, command):
              "Ratios are time / kanmodel time (higher = slower than kanmodel).", ""]
     for threads in threads_list:
         lines += [f"### {threads} thread(s)", "",
-                  "| shape (batch, grid) | mode | kanmodel | full-basis | floor | mlp | pykan |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| shape (batch, grid) | mode | kanmodel | torch path | full-basis | floor | mlp | pykan |",
+                  "|---|---|---|---|---|---|---|---|"]
         for result in all_results:
             times = result["times"][threads]
             label = f"{result['width']} ({result['batch']}, {result['grid']})"
             for mode in MODES:
                 ours = times[f"kanmodel/{mode}"]
                 cells = [f"{ours * 1e3:.3f} ms"]
-                for name in ("full-basis", "floor", "mlp", "pykan"):
+                for name in ("torch path", "full-basis", "floor", "mlp", "pykan"):
                     value = times.get(f"{name}/{mode}")
                     cells.append("n/a" if value is None else f"{value * 1e3:.3f} ms ({value / ours:.2f}x)")
                 lines.append(f"| {label} | {mode.replace('_', '+')} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Peak memory of one forward+backward (tensors allocated during the call)", "",
-              "| shape | kanmodel | full-basis | floor | mlp | pykan | MLP widths |",
-              "|---|---|---|---|---|---|---|"]
+              "| shape | kanmodel | torch path | full-basis | floor | mlp | pykan | MLP widths |",
+              "|---|---|---|---|---|---|---|---|"]
     for result in all_results:
         memory = result["memory"]
         cells = [f"{memory[name] / 2 ** 20:.2f} MiB" if name in memory else "n/a"
-                 for name in ("kanmodel", "full-basis", "floor", "mlp", "pykan")]
+                 for name in ("kanmodel", "torch path", "full-basis", "floor", "mlp", "pykan")]
         lines.append(f"| {result['width']} | " + " | ".join(cells) + f" | {result['mlp_sizes']} |")
     lines += ["", "Targets (forward+backward):"]
     for threads in threads_list:
@@ -315,26 +306,16 @@ def format_layer_section(all_results, rounds, threads_list, command):
 
 
 def render_log(path, rounds, command):
-    """Sections from the JSON lines of an earlier run's stdout."""
-    results, hellokan = [], {}
+    """The layer section from the JSON lines of an earlier run's stdout."""
+    results = []
     for line in open(path):
         if not line.startswith("{"):
             continue
         record = json.loads(line)
-        if "width" in record:
-            record["times"] = {int(t): v for t, v in record["times"].items()}
-            results.append(record)
-        else:
-            hellokan.update(record)
-    sections = {}
-    if results:
-        threads = list(results[0]["times"])
-        sections["KAN layer"] = format_layer_section(results, rounds, threads, command)
-    if hellokan:
-        from hellokan import format_hellokan_section  # bench/hellokan.py imports this module
-        sections["hellokan"] = format_hellokan_section(
-            hellokan["hellokan_kanmodel"], hellokan.get("hellokan_pykan", {"error": "not run"}), command)
-    return sections
+        record["times"] = {int(t): v for t, v in record["times"].items()}
+        results.append(record)
+    threads = list(results[0]["times"])
+    return {"KAN layer": format_layer_section(results, rounds, threads, command)}
 
 
 def main():
@@ -343,10 +324,6 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))),
                         help="indices into SHAPES")
-    parser.add_argument("--hellokan", action="store_true", help="also time hellokan to RMSE 1e-3")
-    parser.add_argument("--hellokan-train-rows", type=int, default=3000,
-                        help="training rows for hellokan (3000 as in tests/test_training.py)")
-    parser.add_argument("--no-layers", action="store_true", help="skip the layer timings")
     parser.add_argument("--write-docs", action="store_true", help=f"write the tables into {DOCS}")
     parser.add_argument("--render", metavar="LOG", help="re-render the tables from the JSON lines "
                         "an earlier run printed (with its --command) instead of measuring")
@@ -356,26 +333,18 @@ def main():
                                + " ".join(sys.argv[1:]))
     if args.render:
         sections = render_log(args.render, args.rounds, command)
-        args.no_layers, args.hellokan = True, False
     else:
-        sections = {}
-    pykan = PyKANWorker() if not args.render else None
-    try:
-        if not args.no_layers:
+        pykan = PyKANWorker()
+        try:
             results = []
             for index in args.shapes:
                 width, batch, grid = SHAPES[index]
                 result = bench_shape(width, batch, grid, args.rounds, args.threads, pykan)
                 results.append(result)
                 print(json.dumps(result), flush=True)
-            sections["KAN layer"] = format_layer_section(results, args.rounds, args.threads, command)
-        if args.hellokan:
-            import hellokan  # bench/hellokan.py (it imports this module for PyKANWorker)
-            ours, theirs = hellokan.run(args.hellokan_train_rows, pykan)
-            sections["hellokan"] = hellokan.format_hellokan_section(ours, theirs, command)
-    finally:
-        if pykan is not None:
+        finally:
             pykan.close()
+        sections = {"KAN layer": format_layer_section(results, args.rounds, args.threads, command)}
     for heading, body in sections.items():
         print(f"## {heading}\n\n{body}")
     if args.write_docs:
