@@ -276,16 +276,17 @@ def _notes(all_results: dict[str, list[dict]]) -> list[str]:
     notes.append("- The routes share routing, middlewares and HTTP handling; what a prediction adds is the "
                  "lookup, validation and serialisation of the request, the graph run itself, and, for calls "
                  "on the pool, the hand-off to an inference thread and back (a thread wake-up each way and "
-                 "the GIL hand-over). Quick calls (predicted at most KANSERVE_INLINE_MAX_US from the graph's "
-                 "measured runs) skip the hand-off and run on the event loop; with one worker, that one "
-                 "thread handles every request of both routes.")
+                 "the GIL hand-over). A lone request whose call is quick (predicted at most "
+                 "KANSERVE_INLINE_MAX_US from the graph's measured runs) skips the hand-off and runs on "
+                 "the event loop; batches formed under load run on the pool, so the graph runs on the "
+                 "second core while the loop thread handles HTTP.")
     return notes + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--requests", type=int, default=2000, help="requests per target and client count")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per target and client count")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is reported")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),

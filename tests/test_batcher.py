@@ -217,7 +217,11 @@ class ThreadRecordingRunner(RecordingRunner):
 
 def _sequential_calls(batcher, n):
     async def main():
-        return [await batcher.submit(np.full((1, 3), i, np.float32)) for i in range(n)]
+        results = []
+        for i in range(n):
+            await asyncio.sleep(0)  # each call in a turn of its own, as separate requests are
+            results.append(await batcher.submit(np.full((1, 3), i, np.float32)))
+        return results
     return asyncio.run(main())
 
 
@@ -258,7 +262,7 @@ def test_a_batch_of_one_request_per_call_when_merging_is_off(session):
         np.testing.assert_allclose(y, expected(x), rtol=1e-6)
 
 
-def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_batch(session):
+def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_batch_on_the_pool(session):
     runner = ThreadRecordingRunner(session)
 
     async def main():
@@ -266,6 +270,7 @@ def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_ba
             batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
             await batcher.submit(np.zeros((1, 3), np.float32))  # measured: quick from now on
             runner.batch_rows.clear()
+            runner.threads.clear()
             loop = asyncio.get_running_loop()
             xs = [np.full((1, 3), i, np.float32) for i in range(5)]
             ran_at_once = []
@@ -282,6 +287,8 @@ def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_ba
     xs, results, ran_at_once = asyncio.run(main())
     assert runner.batch_rows == [1, 4]
     assert ran_at_once == [True]
+    loop_thread = threading.get_ident()
+    assert runner.threads[0] == loop_thread and runner.threads[1] != loop_thread
     for x, (y,) in zip(xs, results):
         np.testing.assert_allclose(y, expected(x), rtol=1e-6)
 
@@ -312,3 +319,23 @@ def test_requests_after_the_pool_is_shut_down_fail_instead_of_hanging(session):
 
     with pytest.raises(RuntimeError, match="shutdown"):
         asyncio.run(main())
+
+
+def test_a_request_arriving_while_a_batch_runs_on_the_pool_queues_behind_it(session):
+    runner = ThreadRecordingRunner(session, busy_s=0.02)
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000, max_concurrent=1)
+            batcher.cost.observe(1, 1e-6)  # measured as quick
+            loop = asyncio.get_running_loop()
+            first = [loop.create_task(batcher.submit(np.full((1, 3), i, np.float32))) for i in range(3)]
+            await asyncio.sleep(0.005)  # the lone request ran at once; the other two are on the pool
+            late = await batcher.submit(np.full((1, 3), 9, np.float32))
+            return await asyncio.gather(*first), late
+
+    _, (late,) = asyncio.run(main())
+    loop_thread = threading.get_ident()
+    assert runner.batch_rows == [1, 2, 1]
+    assert runner.threads[0] == loop_thread and loop_thread not in runner.threads[1:]
+    np.testing.assert_allclose(late, expected(np.full((1, 3), 9, np.float32)), rtol=1e-6)

@@ -2,29 +2,24 @@
 
 How it adapts (the idea behind Triton's dynamic batcher and BentoML's adaptive
 batching, written for one asyncio event loop):
-- A request joins the model's queue, and the queue is drained on the next turn of
-  the event loop (or after `max_delay_us`, 0 by default). Every request whose bytes
-  arrived in the same turn is therefore in the same batch: a lone client waits for
-  nobody, and the batch size grows with the load by itself.
-- Except the first request of a turn, when the queue is empty and its run is
-  predicted quick (see below): it runs at once, in its own task, and only the
-  requests after it in the same turn queue up and go as one batch. A lone request so
-  skips the queue's future and the extra turn of the loop (about 20-40 us of CPU of
-  a single-row prediction here, bench/predict_path.py), and under load a turn costs
-  at most one extra small call.
-- Each batch (at most `max_batch_rows` rows, at least one request) runs as one call
-  and its results are split back by row offsets, so every caller gets exactly its
-  own rows.
-- Where a batch runs: on the event loop itself when its predicted run time is at
-  most `inline_max_us`, otherwise on the thread pool, with at most `max_concurrent`
-  calls in flight (one per pool thread, so large batches still use every core;
-  what arrives meanwhile waits for a free slot and then goes as one batch).
-  Why not always on the pool: handing a call to a thread and back cost 100-250 us
-  of CPU per call here (wake-ups and GIL hand-over; bench/predict_path.py: a
-  single-row [2,5,1] prediction took 283 us of CPU on the loop, 531 us through the
-  pool), more than a small graph's whole run (65 us for that row), so for such a
-  run the hand-off costs more than the run it would move off the loop. The prediction comes from the model's measured run times (RunCostModel);
-  a graph not yet measured runs on the pool. inline_max_us = 0: always the pool.
+- A lone request runs at once on the event loop: when nothing is queued or running
+  on the pool for its graph, it is the first of its turn of the loop, and its call
+  is predicted (RunCostModel, from the graph's measured runs) to take at most
+  `inline_max_us`. Handing a call to a thread and back costs more CPU and latency
+  than a small graph's whole run (bench/predict_path.py), so a lone client gets the
+  shortest path: no thread hand-off, no queue future, no extra turn of the loop.
+- Every other request joins the graph's queue, which is drained on the next turn of
+  the loop (or after `max_delay_us`, 0 by default): the requests whose bytes arrived
+  in the same turn are one batch (at most `max_batch_rows` rows, at least one
+  request), so the batch size grows with the load by itself. Batches run on the
+  thread pool, at most `max_concurrent` calls in flight (one per pool thread; what
+  arrives meanwhile waits for a free slot and then goes as one batch), so under load
+  the graph runs on the other cores while the loop thread parses and answers HTTP
+  (bench/serving.py at 64 clients: 0.93x the no-op route's requests/s for [2,5,1],
+  against 0.82x with those batches run on the loop too). Their results are split
+  back by row offsets, so every caller gets exactly its own rows.
+- A graph not yet measured, or predicted slower than `inline_max_us`, always goes to
+  the pool; inline_max_us = 0: always the pool.
 
 A batch that raises is retried request by request, so one bad request cannot fail
 the others that happened to share its batch.
@@ -35,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from itertools import islice
 from concurrent.futures import Executor
 from typing import Callable, Sequence
 
@@ -114,7 +108,8 @@ class MicroBatcher:
     async def submit(self, x: np.ndarray) -> list[np.ndarray]:
         """x: (rows, n_in) -> this request's (rows, ...) slice of every output."""
         loop = asyncio.get_running_loop()
-        if not self._turn_open and not self._queue and self.max_delay_s == 0 and self._quick(x.shape[0]):
+        if (not self._turn_open and not self._queue and self._in_flight == 0 and self.max_delay_s == 0
+                and self._quick(x.shape[0])):
             self._turn_open = True
             loop.call_soon(self._close_turn)
             started = time.thread_time()
@@ -149,25 +144,16 @@ class MicroBatcher:
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drain_handle = None
-        while self._queue:
-            rows = self._next_batch_rows()
-            if self._quick(rows):
-                batch = self._take_batch()
-                started = time.thread_time()
-                outcomes = self._execute(batch, "loop")
-                self.cost.observe(rows, time.thread_time() - started)
-                _deliver(batch, outcomes)
-            elif self._in_flight < self.max_concurrent:
-                batch = self._take_batch()
-                try:
-                    pending = loop.run_in_executor(self._executor, self._timed_execute, batch)
-                except RuntimeError as exc:  # the pool is shut down: answer, do not hang
-                    _deliver(batch, [exc] * len(batch))
-                    continue
-                self._in_flight += 1
-                pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
-            else:
-                return  # every slot busy: the next one to finish drains what is queued
+        while self._queue and self._in_flight < self.max_concurrent:
+            batch = self._take_batch()
+            try:
+                pending = loop.run_in_executor(self._executor, self._timed_execute, batch)
+            except RuntimeError as exc:  # the pool is shut down: answer, do not hang
+                _deliver(batch, [exc] * len(batch))
+                continue
+            self._in_flight += 1
+            pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
+        # Every slot busy: the next call to finish drains what is queued.
 
     def _pool_done(self, loop, batch, done: asyncio.Future) -> None:
         self._in_flight -= 1
@@ -181,14 +167,6 @@ class MicroBatcher:
         _deliver(batch, outcomes)
         if self._queue and self._drain_handle is None:
             self._schedule_drain(loop)
-
-    def _next_batch_rows(self) -> int:
-        rows = self._queue[0][0].shape[0]
-        for x, _ in islice(self._queue, 1, None):
-            if rows + x.shape[0] > self.max_batch_rows:
-                break
-            rows += x.shape[0]
-        return rows
 
     def _take_batch(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         # Always take at least one request, even one larger than max_batch_rows
@@ -204,11 +182,11 @@ class MicroBatcher:
 
     def _timed_execute(self, batch) -> tuple[list[Outcome], int, float]:
         started = time.thread_time()
-        outcomes = self._execute(batch, "pool")
+        outcomes = self._execute(batch)
         return outcomes, sum(x.shape[0] for x, _ in batch), time.thread_time() - started
 
-    def _execute(self, batch, where: str) -> list[Outcome]:
-        """Runs on the loop or on a pool thread: touches no future, only computes."""
+    def _execute(self, batch) -> list[Outcome]:
+        """Runs on a pool thread: touches no future, only computes."""
         inputs = [x for x, future in batch]
         if len(inputs) > 1:
             merged = np.concatenate(inputs, axis=0)
@@ -218,14 +196,14 @@ class MicroBatcher:
                 pass  # retried one by one below, so the culprit alone gets the error
             else:
                 if self._on_batch:
-                    self._on_batch(len(inputs), merged.shape[0], where)
+                    self._on_batch(len(inputs), merged.shape[0], "pool")
                 offsets = np.cumsum([0] + [x.shape[0] for x in inputs])
                 return [[out[start:stop] for out in outputs]
                         for start, stop in zip(offsets[:-1], offsets[1:])]
         outcomes: list[Outcome] = []
         for x in inputs:
             try:
-                outcomes.append(list(self._run_alone(x, where)))
+                outcomes.append(list(self._run_alone(x, "pool")))
             except Exception as exc:  # handed to the caller, who turns it into a response
                 outcomes.append(exc)
         return outcomes

@@ -30,9 +30,11 @@ class ServingSettings(BaseSettings):
                                              "onnxruntime call.")
     batch_max_rows: int = Field(256, ge=1, description="Most rows merged into one call.")
     # 200 us: within the 100-250 us of CPU a thread hand-off costs (bench/predict_path.py):
-    # a call predicted to be quicker than that is cheaper run than handed off.
-    inline_max_us: int = Field(200, ge=0, description="Calls predicted (from the graph's measured "
-                               "run times) to take at most this long run on the event loop "
-                               "instead of the inference pool (0: always the pool).")
+    # a lone call predicted to be quicker than that is cheaper run than handed off.
+    inline_max_us: int = Field(200, ge=0, description="A lone request (nothing queued or running "
+                               "for its model) whose call is predicted, from the model's measured "
+                               "run times, to take at most this long runs on the event loop; "
+                               "batches formed under load always run on the inference pool "
+                               "(0: every call on the pool).")
     batch_max_delay_us: int = Field(0, ge=0, description="How long an idle model waits for "
                                                          "company before running a request.")
