@@ -11,13 +11,16 @@ batching, written for one asyncio event loop):
 - Every other request joins the graph's queue, which is drained on the next turn of
   the loop (or after `max_delay_us`, 0 by default): the requests whose bytes arrived
   in the same turn are one batch (at most `max_batch_rows` rows, at least one
-  request), so the batch size grows with the load by itself. Batches run on the
-  thread pool, at most `max_concurrent` calls in flight (one per pool thread; what
-  arrives meanwhile waits for a free slot and then goes as one batch), so under load
-  the graph runs on the other cores while the loop thread parses and answers HTTP
-  (bench/serving.py at 64 clients: 0.93x the no-op route's requests/s for [2,5,1],
-  against 0.82x with those batches run on the loop too). Their results are split
-  back by row offsets, so every caller gets exactly its own rows.
+  request), so the batch size grows with the load by itself. Batches of several
+  requests run on the thread pool, at most `max_concurrent` calls in flight (one per
+  pool thread; what arrives meanwhile waits for a free slot and then goes as one
+  batch), so under load the graph runs on the other cores while the loop thread
+  parses and answers HTTP (bench/serving.py at 64 clients: 0.93x the no-op route's
+  requests/s for [2,5,1], against 0.82x with those batches run on the loop too). A
+  queued request that merges with no other (batching off, or alone in the queue)
+  runs on the loop when quick, as a lone request does: there is nothing to amortise
+  the hand-off over. Results are split back by row offsets, so every caller gets
+  exactly its own rows.
 - A graph not yet measured, or predicted slower than `inline_max_us`, always goes to
   the pool; inline_max_us = 0: always the pool.
 
@@ -144,16 +147,35 @@ class MicroBatcher:
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drain_handle = None
-        while self._queue and self._in_flight < self.max_concurrent:
-            batch = self._take_batch()
-            try:
-                pending = loop.run_in_executor(self._executor, self._timed_execute, batch)
-            except RuntimeError as exc:  # the pool is shut down: answer, do not hang
-                _deliver(batch, [exc] * len(batch))
-                continue
-            self._in_flight += 1
-            pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
-        # Every slot busy: the next call to finish drains what is queued.
+        while self._queue:
+            rows = self._queue[0][0].shape[0]
+            if not self._merges_with_next() and self._quick(rows):
+                # One request alone: nothing to merge pays for the hand-off.
+                x, future = self._queue.popleft()
+                self._queued_rows -= rows
+                started = time.thread_time()
+                try:
+                    outcome = list(self._run_alone(x, "loop"))
+                except Exception as exc:  # handed to the caller, who turns it into a response
+                    outcome = exc
+                self.cost.observe(rows, time.thread_time() - started)
+                _deliver([(x, future)], [outcome])
+            elif self._in_flight < self.max_concurrent:
+                batch = self._take_batch()
+                try:
+                    pending = loop.run_in_executor(self._executor, self._timed_execute, batch)
+                except RuntimeError as exc:  # the pool is shut down: answer, do not hang
+                    _deliver(batch, [exc] * len(batch))
+                    continue
+                self._in_flight += 1
+                pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
+            else:
+                return  # every slot busy: the next call to finish drains what is queued
+
+    def _merges_with_next(self) -> bool:
+        """Would the next batch hold more than one request?"""
+        return (len(self._queue) > 1
+                and self._queue[0][0].shape[0] + self._queue[1][0].shape[0] <= self.max_batch_rows)
 
     def _pool_done(self, loop, batch, done: asyncio.Future) -> None:
         self._in_flight -= 1
