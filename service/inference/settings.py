@@ -24,8 +24,8 @@ class ServingSettings(BaseSettings):
                                       "process is seen within this time (0: look up every request).")
     inference_threads: int = Field(2, ge=1, description="Threads running onnxruntime calls.")
     # On by default: with 64 clients it cut the server's CPU per request by a third and
-    # doubled the [14,64,32,2] model's throughput; a lone client runs at once either way
-    # (docs/benchmarks.md, "Serving").
+    # raised the [14,64,32,2] model's throughput 1.6x; a lone client runs at once either
+    # way (docs/benchmarks.md, "Serving").
     batching: bool = Field(True, description="Merge concurrent requests to one model into one "
                                              "onnxruntime call.")
     batch_max_rows: int = Field(256, ge=1, description="Most rows merged into one call.")
@@ -33,8 +33,9 @@ class ServingSettings(BaseSettings):
     # a lone call predicted to be quicker than that is cheaper run than handed off.
     inline_max_us: int = Field(200, ge=0, description="A lone request (nothing queued or running "
                                "for its model) whose call is predicted, from the model's measured "
-                               "run times, to take at most this long runs on the event loop; "
-                               "batches formed under load always run on the inference pool "
-                               "(0: every call on the pool).")
+                               "run times, to take at most this long runs on the event loop, "
+                               "as does a queued one that merges with no other; batches of "
+                               "several requests run on the inference pool (0: every call on "
+                               "the pool).")
     batch_max_delay_us: int = Field(0, ge=0, description="How long an idle model waits for "
                                                          "company before running a request.")
