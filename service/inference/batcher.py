@@ -115,11 +115,7 @@ class MicroBatcher:
                 and self._quick(x.shape[0])):
             self._turn_open = True
             loop.call_soon(self._close_turn)
-            started = time.thread_time()
-            try:
-                return list(self._run_alone(x, "loop"))
-            finally:
-                self.cost.observe(x.shape[0], time.thread_time() - started)
+            return self._run_on_loop(x)
         future = loop.create_future()
         self._queue.append((x, future))
         self._queued_rows += x.shape[0]
@@ -153,12 +149,10 @@ class MicroBatcher:
                 # One request alone: nothing to merge pays for the hand-off.
                 x, future = self._queue.popleft()
                 self._queued_rows -= rows
-                started = time.thread_time()
                 try:
-                    outcome = list(self._run_alone(x, "loop"))
+                    outcome = self._run_on_loop(x)
                 except Exception as exc:  # handed to the caller, who turns it into a response
                     outcome = exc
-                self.cost.observe(rows, time.thread_time() - started)
                 _deliver([(x, future)], [outcome])
             elif self._in_flight < self.max_concurrent:
                 batch = self._take_batch()
@@ -171,6 +165,13 @@ class MicroBatcher:
                 pending.add_done_callback(lambda done, batch=batch: self._pool_done(loop, batch, done))
             else:
                 return  # every slot busy: the next call to finish drains what is queued
+
+    def _run_on_loop(self, x: np.ndarray) -> list[np.ndarray]:
+        started = time.thread_time()
+        try:
+            return list(self._run_alone(x, "loop"))
+        finally:
+            self.cost.observe(x.shape[0], time.thread_time() - started)
 
     def _merges_with_next(self) -> bool:
         """Would the next batch hold more than one request?"""
