@@ -105,3 +105,23 @@ def test_direct_routes_never_reach_the_app_behind_the_dispatch(env):
         assert client.get("/v1/models/lin/predict").status_code == 418  # GET is not a direct route
         assert client.get("/healthz").status_code == 418
     assert reached == ["/v1/models/lin/predict", "/healthz"]
+
+
+def test_behind_a_root_path_the_dispatch_still_answers(env):
+    reached = []
+
+    async def behind(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 418, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def behind_a_proxy(scope, receive, send):
+        # What uvicorn --root-path /api passes on: the prefix in both root_path and path.
+        scope.update(app=env.app, root_path="/api", path="/api" + scope["path"])
+        await DirectRouteDispatch(behind, owner=env.app, routers=INFERENCE_ROUTERS)(scope, receive, send)
+
+    with TestClient(env.app):
+        client = TestClient(behind_a_proxy, headers={"Authorization": f"Bearer {env.key}"})
+        answer = client.post("/v1/models/lin/versions/1/predict", json={"inputs": [[1.0, 2.0]]})
+        assert answer.status_code == 200 and answer.json()["outputs"] == [[5.0]]
+    assert reached == []

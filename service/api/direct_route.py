@@ -57,7 +57,7 @@ class DirectRouteDispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path, method = scope["path"], scope["method"]
+            path, method = _route_path(scope), scope["method"]
             for route in self.routes:
                 match = route.path_regex.match(path)
                 if match is not None and method in route.methods:
@@ -87,3 +87,12 @@ class DirectRouteDispatch:
                 raise
             response = await handler(request, exc)
         await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: scope["path"] without the root_path a proxy or a
+    mount put in front of it (as Starlette's router does)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):]
+    return path
