@@ -26,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from docs_section import DOCS, write_section  # noqa: E402
+from docs_section import add_docs_arguments, run_command, write_section  # noqa: E402
 from kan_layer import PyKANWorker  # noqa: E402
 
 import kanmodel  # noqa: E402
@@ -223,13 +223,9 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000], help="robustness: training rows")
     parser.add_argument("--pykan-small", type=int, default=1000,
                         help="also time PyKAN once with this many training rows (0: skip)")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the section into {DOCS}")
-    parser.add_argument("--render", metavar="LOG", help="write the section from the JSON lines an "
-                        "earlier run printed (with its --command) instead of measuring")
-    parser.add_argument("--command", help="with --render: the command that produced LOG")
+    add_docs_arguments(parser, "section")
     args = parser.parse_args()
-    command = args.command or ("OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/hellokan.py "
-                               + " ".join(sys.argv[1:])).strip()
+    command = run_command(args)
     if args.render:
         pairs, robustness, pykan_small = read_log(args.render)
         section = "## hellokan\n\n" + format_section(pairs, robustness, pykan_small, command)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from docs_section import DOCS, write_section  # noqa: E402
+from docs_section import add_docs_arguments, run_command, write_section  # noqa: E402
 from timing import forward_backward_call, forward_call, peak_memory, time_block  # noqa: E402
 
 import kanmodel  # noqa: E402
@@ -324,13 +324,9 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))),
                         help="indices into SHAPES")
-    parser.add_argument("--write-docs", action="store_true", help=f"write the tables into {DOCS}")
-    parser.add_argument("--render", metavar="LOG", help="re-render the tables from the JSON lines "
-                        "an earlier run printed (with its --command) instead of measuring")
-    parser.add_argument("--command", help="with --render: the command that produced LOG")
+    add_docs_arguments(parser, "tables")
     args = parser.parse_args()
-    command = args.command or ("OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/kan_layer.py "
-                               + " ".join(sys.argv[1:]))
+    command = run_command(args)
     if args.render:
         sections = render_log(args.render, args.rounds, command)
     else:
