@@ -86,20 +86,25 @@ def test_errors_keep_the_app_handlers_and_an_unhandled_one_is_a_500(env):
         assert 'model="lin",route="/v1/models/{name}/versions/{version}/predict",status="200"' in text
 
 
-def test_direct_routes_never_reach_the_app_behind_the_dispatch(env):
-    reached = []
-
+def dispatch_only(env, reached: list, root_path: str = ""):
+    """The app's DirectRouteDispatch in front of a stand-in for the rest of the app
+    (418, and the path recorded in `reached`); with root_path, as uvicorn --root-path
+    passes requests on: the prefix in both root_path and path."""
     async def behind(scope, receive, send):
         reached.append(scope["path"])
         await send({"type": "http.response.start", "status": 418, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def dispatch_only(scope, receive, send):
-        scope["app"] = env.app
+    async def app(scope, receive, send):
+        scope.update(app=env.app, root_path=root_path, path=root_path + scope["path"])
         await DirectRouteDispatch(behind, owner=env.app, routers=INFERENCE_ROUTERS)(scope, receive, send)
+    return app
 
+
+def test_direct_routes_never_reach_the_app_behind_the_dispatch(env):
+    reached = []
     with TestClient(env.app):  # the app's lifespan: the inference runtime is up
-        client = TestClient(dispatch_only, headers={"Authorization": f"Bearer {env.key}"})
+        client = TestClient(dispatch_only(env, reached), headers={"Authorization": f"Bearer {env.key}"})
         answer = client.post("/v1/models/lin/versions/1/predict", json={"inputs": [[1.0, 2.0]]})
         assert answer.status_code == 200 and answer.json()["outputs"] == [[5.0]]
         assert client.get("/v1/models/lin/predict").status_code == 418  # GET is not a direct route
@@ -109,19 +114,9 @@ def test_direct_routes_never_reach_the_app_behind_the_dispatch(env):
 
 def test_behind_a_root_path_the_dispatch_still_answers(env):
     reached = []
-
-    async def behind(scope, receive, send):
-        reached.append(scope["path"])
-        await send({"type": "http.response.start", "status": 418, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def behind_a_proxy(scope, receive, send):
-        # What uvicorn --root-path /api passes on: the prefix in both root_path and path.
-        scope.update(app=env.app, root_path="/api", path="/api" + scope["path"])
-        await DirectRouteDispatch(behind, owner=env.app, routers=INFERENCE_ROUTERS)(scope, receive, send)
-
     with TestClient(env.app):
-        client = TestClient(behind_a_proxy, headers={"Authorization": f"Bearer {env.key}"})
+        client = TestClient(dispatch_only(env, reached, root_path="/api"),
+                            headers={"Authorization": f"Bearer {env.key}"})
         answer = client.post("/v1/models/lin/versions/1/predict", json={"inputs": [[1.0, 2.0]]})
         assert answer.status_code == 200 and answer.json()["outputs"] == [[5.0]]
     assert reached == []
