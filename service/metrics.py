@@ -66,7 +66,8 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS, registry=self.registry)
         self.calls = Counter(
             "kanserve_inference_calls", "onnxruntime calls by where they ran: 'loop' (the event "
-            "loop, for graphs measured to be quick) or 'pool' (the inference threads).",
+            "loop: a single request whose graph is measured to be quick) or 'pool' (the "
+            "inference threads: merged batches, slow or not yet measured graphs).",
             ["where"], registry=self.registry)
         self.cache_hits = Counter(
             "kanserve_session_cache_hits", "ONNX session cache hits.", registry=self.registry)

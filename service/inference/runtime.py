@@ -1,13 +1,12 @@
 """The gateway's inference engine: the caller's model looked up, its graph taken from
-the session cache, micro-batched per graph and run by its MicroBatcher (on a
-dedicated thread pool, or on the loop for quick graphs: see batcher.py).
+the session cache, micro-batched per graph and run by its MicroBatcher.
 One InferenceRuntime per process (app.state.inference).
 
 Hot path: the model version named by a request is remembered for a second
 (LookupCache); with it and the session cached, a small request is converted on the
 event loop (a large one on the pool) and handed to the graph's MicroBatcher, which
-runs it (alone, or merged with others) on the loop when the graph is measured to be
-quick, on the pool otherwise. Without those caches, one hop to the pool first does
+runs a single request on the loop when the graph is measured to be quick, and merged
+batches and slow graphs on a dedicated thread pool (see batcher.py). Without those caches, one hop to the pool first does
 the lookup query and the session load, shared by the requests that need the same
 lookup meanwhile.
 """
