@@ -4,10 +4,23 @@ import torch
 from torch.func import functional_call
 
 import kanmodel
+from kanmodel import spline_op
 from kanmodel.grid import data_knots
 from kanmodel.layer import KANLayer
 
 torch.set_num_threads(1)
+
+# The layer op has two implementations: the compiled CPU kernels where they were built,
+# and the torch path, which CUDA, other dtypes and a missing extension still use. Every
+# test here runs on each (the kernels alone would leave the torch path's per-plane,
+# empty-batch and index-cache branches, which these tests were written for, untested).
+LAYER_OP_PATHS = ["torch"] + (["kernels"] if spline_op.use_kernels else [])
+
+
+@pytest.fixture(autouse=True, params=LAYER_OP_PATHS)
+def layer_op_path(request, monkeypatch):
+    monkeypatch.setattr(spline_op, "use_kernels", request.param == "kernels")
+    return request.param
 
 
 def make_layer(uniform: bool, dtype=torch.float64, seed=0) -> KANLayer:
