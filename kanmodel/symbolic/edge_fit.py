@@ -84,12 +84,13 @@ def _project(F: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     # far in its tail, ~1e-160) would otherwise square them into subnormals, and the lost
     # digits gave R^2 > 1 (numpy 2.4 / scipy 1.17: gaussian "beat" an exact exp edge).
     scale = np.abs(Fc).max(axis=1)
+    scale = np.where(scale > 0, scale, 1.0)     # a constant row stays zero (sff = 0 below)
     with np.errstate(divide="ignore", invalid="ignore"):
-        Fn = Fc / np.where(scale > 0, scale, 1.0)[:, None]
+        Fn = Fc / scale[:, None]
     sff = np.einsum("kn,kn->k", Fn, Fn)
     sfy = Fn @ yc
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        c = np.where(sff > 0, sfy / sff / np.where(scale > 0, scale, 1.0), 0.0)
+        c = np.where(sff > 0, sfy / sff / scale, 0.0)
         r2 = np.where(sff > 0, np.minimum(sfy ** 2 / (sff * syy), 1.0), 0.0)
         # An overflowing c (inf * 0 = NaN in d) fails the reach test below: r2 = -inf.
         d = y.mean() - c * Fm[:, 0]
