@@ -239,17 +239,23 @@ class IntervalTable(NamedTuple):
         return _cell_starts(batch, self.low.shape[0], self.grid_size, self.low.device)
 
 
+# Index tensors with one entry per (row, input) (here and in spline_op) are kept for the
+# last few shapes, but only up to this many entries: no unbounded cached memory for big batches.
+CACHED_INDEX_SIZE = 1 << 18
+
+
 def _cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
     """(batch * in,) int64: i * per_input for each (row, input); kept for the last few
     shapes unless large."""
-    if batch * n_in > 1 << 18:
-        return (torch.arange(n_in, device=device) * per_input).repeat(batch)
-    return _cached_cell_starts(batch, n_in, per_input, device)
+    make = _new_cell_starts if batch * n_in > CACHED_INDEX_SIZE else _cached_cell_starts
+    return make(batch, n_in, per_input, device)
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
+def _new_cell_starts(batch: int, n_in: int, per_input: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(n_in, device=device) * per_input).repeat(batch)
+
+
+_cached_cell_starts = functools.lru_cache(maxsize=16)(_new_cell_starts)
 
 
 def interval_table(knots: torch.Tensor, k: int, max_entries: int = 1 << 18) -> IntervalTable:

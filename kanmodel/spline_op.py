@@ -36,7 +36,8 @@ import os
 
 import torch
 
-from kanmodel.basis import IntervalTable, interval_table, uniform_coordinates, uniform_unit_basis
+from kanmodel.basis import (CACHED_INDEX_SIZE, IntervalTable, interval_table, uniform_coordinates,
+                            uniform_unit_basis)
 
 try:
     from kanmodel import _spline_kernels as kernels
@@ -316,17 +317,15 @@ def _kernel_backward(ctx, grad_out):
 def _block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
     """Flat offset in dense of each (row, input) block of n_basis columns, less shift
     (kept for the last few layer shapes unless large)."""
-    if count > _CACHED_INDEX_SIZE:
-        return torch.arange(-shift, count * n_basis - shift, n_basis, device=device)
-    return _cached_block_starts(count, n_basis, shift, device)
+    make = _new_block_starts if count > CACHED_INDEX_SIZE else _cached_block_starts
+    return make(count, n_basis, shift, device)
 
 
-_CACHED_INDEX_SIZE = 1 << 18
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
+def _new_block_starts(count: int, n_basis: int, shift: int, device: torch.device) -> torch.Tensor:
     return torch.arange(-shift, count * n_basis - shift, n_basis, device=device)
+
+
+_cached_block_starts = functools.lru_cache(maxsize=16)(_new_block_starts)
 
 
 @functools.lru_cache(maxsize=16)
