@@ -60,10 +60,10 @@ class LBFGS:
             self.steps, self.changes = step[None], change[None]
             self.rho = (1.0 / curvature)[None]
         else:
-            keep = 1 if len(self.steps) == self.history_size else 0
-            self.steps = torch.cat([self.steps[keep:], step[None]])
-            self.changes = torch.cat([self.changes[keep:], change[None]])
-            self.rho = torch.cat([self.rho[keep:], (1.0 / curvature)[None]])
+            drop = 1 if len(self.steps) == self.history_size else 0   # the oldest pair
+            self.steps = torch.cat([self.steps[drop:], step[None]])
+            self.changes = torch.cat([self.changes[drop:], change[None]])
+            self.rho = torch.cat([self.rho[drop:], (1.0 / curvature)[None]])
         self.h0 = curvature / change.dot(change)
 
     def _inverse_hessian_times(self, grad: torch.Tensor) -> torch.Tensor:
