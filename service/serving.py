@@ -30,10 +30,11 @@ INFERENCE_ROUTERS = (predict.router, v2.router)
 def install_serving(app: FastAPI, engine: sa.Engine, settings: ServingSettings | None = None) -> None:
     settings = settings or ServingSettings()
     metrics = ServiceMetrics()
-    runtime = InferenceRuntime(settings, engine, on_batch=metrics.observe_batch,
-                               on_cache_hit=metrics.cache_hits.inc, on_cache_miss=metrics.cache_misses.inc)
-    metrics.gauges.cache_stats = lambda: {"entries": len(runtime.cache), "bytes": runtime.cache.total_bytes}
-    metrics.gauges.jobs_by_status = lambda: _jobs_by_status(engine)
+    runtime = InferenceRuntime(settings, engine, on_batch=metrics.observe_batch)
+    cache = runtime.cache
+    metrics.scraped.cache_stats = lambda: {"hits": cache.stats.hits, "misses": cache.stats.misses,
+                                           "entries": len(cache), "bytes": cache.total_bytes}
+    metrics.scraped.jobs_by_status = lambda: _jobs_by_status(engine)
     app.state.metrics = metrics
     app.state.inference = runtime
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -120,3 +120,41 @@ def test_behind_a_root_path_the_dispatch_still_answers(env):
         answer = client.post("/v1/models/lin/versions/1/predict", json={"inputs": [[1.0, 2.0]]})
         assert answer.status_code == 200 and answer.json()["outputs"] == [[5.0]]
     assert reached == []
+
+
+def _request(headers=(), messages=()):
+    from starlette.requests import Request
+    pending = list(messages)
+
+    async def receive():
+        return pending.pop(0)
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": list(headers), "query_string": b""}
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize("value, token", [
+    (b"Bearer ks_abc", "ks_abc"), (b"bearer ks_abc ", "ks_abc"), (b"Basic ks_abc", None),
+    (b"Bearer ", None), (b"Bearer", None), (None, None)])
+def test_bearer_token_reads_the_raw_authorization_header(value, token):
+    from service.api.direct_route import bearer_token
+    headers = [(b"content-type", b"application/json")] + ([(b"authorization", value)] if value is not None else [])
+    assert bearer_token(_request(headers)) == token
+
+
+def test_read_body_joins_chunks_keeps_them_for_later_readers_and_refuses_a_disconnect():
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from service.api.direct_route import read_body
+
+    async def scenario():
+        request = _request(messages=[{"type": "http.request", "body": b'{"in', "more_body": True},
+                                     {"type": "http.request", "body": b'puts": 1}', "more_body": False}])
+        assert await read_body(request) == b'{"inputs": 1}'
+        assert await request.body() == b'{"inputs": 1}'  # from the request's cache: receive is drained
+        gone = _request(messages=[{"type": "http.request", "body": b"{", "more_body": True},
+                                  {"type": "http.disconnect"}])
+        with pytest.raises(ClientDisconnect):
+            await read_body(gone)
+    asyncio.run(scenario())

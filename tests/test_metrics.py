@@ -71,3 +71,24 @@ def test_unmatched_paths_share_one_label(tmp_path):
     key = ("kanserve_http_requests_total",
            frozenset({"method": "GET", "route": "unmatched", "model": "", "status": "404"}.items()))
     assert m[key] == 3
+
+
+def test_batch_sizes_become_cumulative_histograms_when_scraped():
+    from service.metrics import BATCH_BUCKETS, ServiceMetrics
+
+    metrics = ServiceMetrics()
+    for n_requests, n_rows, where in [(1, 1, "loop"), (1, 1, "loop"), (3, 5, "pool"), (1, 5000, "pool")]:
+        metrics.observe_batch(n_requests, n_rows, where)
+    m = samples(metrics.exposition().decode())
+
+    def bucket(name, le):
+        return m[(f"kanserve_inference_batch_{name}_bucket", frozenset({"le": le}.items()))]
+
+    assert [bucket("rows", le) for le in ("1.0", "4.0", "8.0", "4096.0", "+Inf")] == [2, 2, 3, 3, 4]
+    assert bucket("requests", "1.0") == 3 and bucket("requests", "4.0") == 4
+    assert m[("kanserve_inference_batch_rows_sum", frozenset())] == 1 + 1 + 5 + 5000
+    assert m[("kanserve_inference_batch_rows_count", frozenset())] == 4
+    assert len([key for key in m if key[0] == "kanserve_inference_batch_rows_bucket"]) == len(BATCH_BUCKETS) + 1
+    calls = {where: m[("kanserve_inference_calls_total", frozenset({"where": where}.items()))]
+             for where in ("loop", "pool")}
+    assert calls == {"loop": 2, "pool": 2}

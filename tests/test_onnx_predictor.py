@@ -80,3 +80,22 @@ def test_predictor_module_does_not_import_torch_or_kanmodel():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'kanmodel')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().replace("'", '"')) == []
+
+
+def test_the_bare_run_answers_as_the_session_wrapper(predictor):
+    rows = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]], np.float32)
+    wrapped = predictor._session.run(predictor.output_names, {predictor.input_name: rows})
+    bare = predictor.run(rows)
+    assert predictor._run is not predictor._session.run  # the binding's own run is used
+    assert len(bare) == len(wrapped) and all(np.array_equal(a, b) for a, b in zip(bare, wrapped))
+
+
+def test_the_bare_run_falls_back_to_the_wrapper_when_the_binding_is_absent():
+    from service.inference.onnx_predictor import _bare_run
+
+    class WrapperOnly:
+        def run(self, output_names, feed, run_options=None):
+            return ["wrapper", output_names, feed, run_options]
+
+    session = WrapperOnly()
+    assert _bare_run(session)(["y"], {"x": 1}, None) == ["wrapper", ["y"], {"x": 1}, None]

@@ -25,7 +25,7 @@ from typing import Any, Callable, Coroutine, Sequence
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -87,6 +87,36 @@ class DirectRouteDispatch:
                 raise
             response = await handler(request, exc)
         await response(scope, receive, send)
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's whole body, read from its receive channel and kept on the request
+    as Request.body() keeps it (later readers get the same bytes).
+
+    Request.body() drains an async generator even for the usual one-message body;
+    reading the messages here costs a DirectRoute a few microseconds less per request."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # Request.body()'s own cache: the receive channel is drained
+    return body
+
+
+def bearer_token(request: Request) -> str | None:
+    """The API key of `Authorization: Bearer <key>`, or None; read from the raw ASGI
+    headers (names are lower-case there), without building a Headers object."""
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            token = token.strip()
+            return token if scheme.lower() == "bearer" and token else None
+    return None
 
 
 def _route_path(scope: Scope) -> str:

@@ -19,8 +19,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.direct_route import DirectRoute
-from service.api.predict import bearer_token
+from service.api.direct_route import DirectRoute, bearer_token, read_body
 from service.api.v2_tensors import HEADER_LENGTH, V2Error, encode_infer_response, parse_infer_request
 from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized, list_versions
 from service.inference.onnx_predictor import OnnxPredictor, PredictorInputError
@@ -122,7 +121,7 @@ async def _ready(request: Request, name: str, version: str | None) -> Response:
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     runtime: InferenceRuntime = request.app.state.inference
-    body = await request.body()
+    body = await read_body(request)
     try:
         parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
         engine = parsed.parameters.get("engine", "spline")

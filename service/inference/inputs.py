@@ -9,8 +9,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-# Up to this many values, the extrapolation flags are computed in plain Python.
+# Up to this many values, the range checks and extrapolation flags are computed in
+# plain Python: a numpy call's fixed cost is several times a small loop's (just after
+# the process was idle, np.isfinite(m).all() measured 5 us more than the loop).
 SMALL_REQUEST_VALUES = 64
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class InputError(ValueError):
@@ -35,8 +38,9 @@ def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence
         raise InputError(f"{field}: columns differ in length {lengths}")
     if next(iter(lengths.values())) == 0:
         raise InputError(f"{field}: empty batch, send at least one row")
-    matrix = np.asarray([columns[n] for n in input_names], dtype=np.float32).T
-    return _finite(np.ascontiguousarray(matrix), field)
+    ordered = [columns[n] for n in input_names]
+    matrix = np.ascontiguousarray(np.asarray(ordered, dtype=np.float32).T)
+    return matrix if _small_and_in_range(matrix, ordered) else _finite(matrix, field)
 
 
 def rows_matrix(rows: Sequence[Sequence[float]], n_features: int, field: str = "inputs") -> np.ndarray:
@@ -50,7 +54,16 @@ def rows_matrix(rows: Sequence[Sequence[float]], n_features: int, field: str = "
         raise InputError(f"{field}: empty batch, send at least one row")
     if matrix.shape[1] != n_features:
         raise InputError(f"{field}: expected {n_features} features per row, got {matrix.shape[1]}")
-    return _finite(matrix, field)
+    return matrix if _small_and_in_range(matrix, rows) else _finite(matrix, field)
+
+
+def _small_and_in_range(matrix: np.ndarray, values: Sequence[Sequence[float]]) -> bool:
+    """True when the request is small and all its values (the lists it was converted
+    from) are finite float32 numbers; False sends it to _finite, which also says where."""
+    if matrix.size > SMALL_REQUEST_VALUES:
+        return False
+    limit = _FLOAT32_MAX
+    return all(-limit <= value <= limit for line in values for value in line)  # NaN compares False
 
 
 def _finite(matrix: np.ndarray, field: str) -> np.ndarray:

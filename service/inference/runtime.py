@@ -61,15 +61,12 @@ def input_ranges(predictor: OnnxPredictor) -> np.ndarray | None:
 
 class InferenceRuntime:
     def __init__(self, settings: ServingSettings, db: sa.Engine,
-                 on_batch: Callable[[int, int, str], None] | None = None,
-                 on_cache_hit: Callable[[], None] | None = None,
-                 on_cache_miss: Callable[[], None] | None = None):
+                 on_batch: Callable[[int, int, str], None] | None = None):
         self.settings = settings
         self.db = db
         self.executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnx")
         self.cache: OnnxSessionCache[OnnxPredictor] = OnnxSessionCache(
-            OnnxPredictor, settings.session_cache_max_sessions, settings.session_cache_max_bytes,
-            on_hit=on_cache_hit, on_miss=on_cache_miss)
+            OnnxPredictor, settings.session_cache_max_sessions, settings.session_cache_max_bytes)
         self._on_batch = on_batch
         self._batchers: dict[CacheKey, MicroBatcher] = {}
         self._lookups: LookupCache[tuple[ServedModel, np.ndarray | None]] = LookupCache(settings.model_lookup_ttl_s)

@@ -54,8 +54,8 @@ class OnnxSessionCache(Generic[Predictor]):
 
     `get(key, load_bytes)` returns the cached predictor or calls `load_bytes()`
     (typically a database read of the artifact) and `factory` on a miss.
-    `on_hit`/`on_miss` callbacks let the metrics module count without this module
-    knowing about Prometheus.
+    `stats` counts hits, misses, evictions and failed loads; /metrics reads them
+    when scraped, so a hit costs the request no metrics call.
     """
 
     def __init__(
@@ -63,8 +63,6 @@ class OnnxSessionCache(Generic[Predictor]):
         factory: Callable[[bytes], Predictor],
         max_sessions: int = 64,
         max_bytes: int = 512 * 1024 * 1024,
-        on_hit: Callable[[], None] | None = None,
-        on_miss: Callable[[], None] | None = None,
     ):
         if max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
@@ -73,8 +71,6 @@ class OnnxSessionCache(Generic[Predictor]):
         self._factory = factory
         self.max_sessions = max_sessions
         self.max_bytes = max_bytes
-        self._on_hit = on_hit
-        self._on_miss = on_miss
         self._entries: OrderedDict[CacheKey, _Entry[Predictor]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -113,14 +109,14 @@ class OnnxSessionCache(Generic[Predictor]):
             predictor = self._lookup(key)
             if predictor is not None:
                 return predictor
-            self.stats.misses += 1
-            if self._on_miss:
-                self._on_miss()
+            with self._lock:
+                self.stats.misses += 1
             try:
                 blob = load_bytes()
                 predictor = self._factory(blob)
             except BaseException:
-                self.stats.loads_failed += 1
+                with self._lock:
+                    self.stats.loads_failed += 1
                 raise
             finally:
                 with self._lock:
@@ -161,9 +157,7 @@ class OnnxSessionCache(Generic[Predictor]):
             if entry is None:
                 return None
             self._entries.move_to_end(key)
-        self.stats.hits += 1
-        if self._on_hit:
-            self._on_hit()
+            self.stats.hits += 1
         return entry.predictor
 
     def _insert(self, key: CacheKey, entry: _Entry[Predictor]) -> None:
