@@ -132,7 +132,7 @@ def _response(result: Inference) -> Response:
     main = outputs[result.predictor.output_names[0]]
     body: dict[str, Any] = {
         "model": served.name, "version": served.version, "engine": served.engine,
-        "outputs": main, "output_names": list(served.output_names),
+        "outputs": main, "output_names": served.output_names,
         "extrapolated": extrapolated_rows(result.x, result.input_ranges),
     }
     if served.task == "classification":

@@ -18,15 +18,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, NamedTuple, TypeVar
 
 Predictor = TypeVar("Predictor")
 
 
-@dataclass(frozen=True)
-class CacheKey:
+class CacheKey(NamedTuple):
     """Identifies one loadable graph: a model version's row id, its artifact's
-    sha256 and which graph of it (`engine`: "spline" or "formula")."""
+    sha256 and which graph of it (`engine`: "spline" or "formula"). A tuple, so it
+    hashes and compares in C: every prediction looks its graph up by it."""
 
     model_id: Hashable
     sha256: str
