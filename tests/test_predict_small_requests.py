@@ -1,6 +1,7 @@
-"""The predict route's plain-Python parse of small positional-rows bodies must accept
-exactly what the PredictRequest schema accepts, with the same values; everything it
-does not take is left to the schema (which words the errors)."""
+"""The predict route's plain-Python paths for small requests agree with the general
+ones: the parse of small positional-rows bodies accepts exactly what the PredictRequest
+schema accepts, with the same values (everything else is left to the schema, which
+words the errors), and the labels are numpy's argmax."""
 
 import pytest
 from pydantic import ValidationError
@@ -64,3 +65,18 @@ def test_large_bodies_are_left_to_the_schema():
     large = ('{"inputs": [' + ", ".join(["[" + ", ".join(["0.5"] * width) + "]"] * (rows + 1)) + "]}").encode()
     assert _plain_rows(small) is not None and _plain_rows(large) is None
     assert _schema(large) is not None  # still a valid request, validated by the schema
+
+
+@pytest.mark.parametrize("rows", [1, 40])  # the plain-Python and the numpy path
+def test_labels_are_the_argmax_of_each_row_first_on_ties(rows):
+    import numpy as np
+
+    from service.api.predict import _labels
+    rng = np.random.default_rng(rows)
+    probabilities = rng.dirichlet(np.ones(3), size=rows).astype(np.float32)
+    probabilities[0] = [0.4, 0.4, 0.2]  # a tie: the first class, as argmax
+    names = ("cat", "dog", "eel")
+    expected = [names[i] for i in probabilities.argmax(axis=1)]
+    assert _labels(probabilities, names) == expected and expected[0] == "cat"
+    probabilities[-1] = [np.nan, 0.1, 0.2]  # NaN rows follow numpy's argmax on both paths
+    assert _labels(probabilities, names) == [names[i] for i in probabilities.argmax(axis=1)]
