@@ -105,9 +105,12 @@ void locate(Tile<T>& tile, const InputTable<T>& inputs, int64_t k, int64_t grid)
     for (int64_t e = 0; e < n; ++e) {
       // Inside is decided on x itself: s may round past k or G + k at the domain's ends.
       chain[e] = std::min(std::max(x[e], low[e]), high[e]) == x[e] ? scale[e] : T(0);
-      const T s = std::min(std::max(offset[e] + x[e] * scale[e], lo), hi);
-      // s >= k > 0, so truncation is the floor; the outer bound keeps a NaN in range.
-      const int32_t m = std::max(std::min(static_cast<int32_t>(s), last), first);
+      const T v = offset[e] + x[e] * scale[e];
+      const T s = std::min(std::max(v, lo), hi);  // a NaN stays NaN here, so u is NaN
+      // std::max(lo, NaN) is lo: the cast below never sees a NaN (undefined behaviour).
+      // In [k, G + k] > 0, so truncation is the floor.
+      const T in_range = std::min(std::max(lo, v), hi);
+      const int32_t m = std::max(std::min(static_cast<int32_t>(in_range), last), first);
       interval[e] = m;
       u[e] = s - static_cast<T>(m);
     }
