@@ -81,7 +81,7 @@ class KANLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out)."""
         return kan_layer(x, self.coef, self.spline_weight, self.base_weight, self.bias, self.mask,
-                         self.knots, self.k, self.uniform, self.base, self._grid_constants())
+                         self.knots, self.k, self.uniform, self.base, self._grid_constants)
 
     def spline_values(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in) -> (batch, out, in): sum_b coef[j, i, b] B_b(clamp(x_i)), no weights."""

@@ -179,6 +179,8 @@ class KANLayerFunction(torch.autograd.Function):
         n_out, _, n_basis = coef.shape
         grid_size = n_basis - k
         need_x_grad = ctx.needs_input_grad[0]
+        if constants is not None:  # the caller's cache, asked here: only this path needs them
+            constants = constants()
         if uniform:
             if constants is None:
                 constants = uniform_coordinates(knots, k)
@@ -335,8 +337,9 @@ def _ramp(k: int, device: torch.device) -> torch.Tensor:
 
 def kan_layer(x, coef, spline_weight, base_weight, bias, mask, knots, k: int, uniform: bool,
               base: str, constants=None) -> torch.Tensor:
-    """(batch, in) -> (batch, out); see KANLayerFunction. constants: what depends on the
-    knots only, when the caller has it cached: basis.uniform_coordinates(knots, k) for
-    uniform knots, basis.interval_table(knots, k) otherwise."""
+    """(batch, in) -> (batch, out); see KANLayerFunction. constants: when the caller caches
+    what depends on the knots only, a function returning it (basis.uniform_coordinates(knots,
+    k) for uniform knots, basis.interval_table(knots, k) otherwise); called only by the
+    torch path, which needs them."""
     return KANLayerFunction.apply(x, coef, spline_weight, base_weight, bias, mask, knots,
                                   k, uniform, base, constants)

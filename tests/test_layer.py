@@ -287,3 +287,12 @@ def test_interval_lookup_agrees_with_searchsorted(dtype, shift, spread, grid_eps
     expected = (torch.searchsorted(inner.contiguous(), x.t().contiguous(), right=True) - 1).clamp_(0, grid_size - 1)
     expected = expected.t() + torch.arange(4) * grid_size
     torch.testing.assert_close(table.locate(x), expected.reshape(-1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_the_knot_constants_are_built_only_by_the_path_that_uses_them(uniform, layer_op_path):
+    layer = make_layer(uniform)
+    layer(torch.rand(5, 3, dtype=torch.float64))
+    # The torch path reads the layer's cached knot constants; the kernels derive what they
+    # need from the knots in the kernel and never ask for them.
+    assert (layer._constants_key is not None) == (layer_op_path == "torch")
