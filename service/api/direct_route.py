@@ -17,6 +17,9 @@ Two savings, each measured in-process (bench/predict_path.py shows the total):
   of CPU of a single-row prediction's 200 here). Exceptions the endpoint raises go to
   the app's own exception handlers, as the exception middleware would send them; one
   without a handler propagates to the server-error middleware (a 500), as for any route.
+
+The endpoints read their body and API key with read_body and bearer_token below,
+straight from the ASGI messages and headers.
 """
 
 from __future__ import annotations
