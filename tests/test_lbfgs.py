@@ -47,22 +47,31 @@ def test_steps_match_torch_lbfgs_with_one_iteration_per_step(history):
 
 
 def test_reset_restarts_from_steepest_descent():
+    """After reset, the next step is exactly the first step of a fresh optimizer from the
+    same point: no curvature pair, scaling or step length survives."""
     loss, fresh = problem()
     params = fresh()
     optimizer = LBFGS(params, history_size=10)
 
-    def closure():
-        for p in params:
-            p.grad = None
-        value = loss(params)
-        value.backward()
-        return value
+    def closure_for(ps):
+        def closure():
+            for p in ps:
+                p.grad = None
+            value = loss(ps)
+            value.backward()
+            return value
+        return closure
 
     for _ in range(5):
-        optimizer.step(closure)
+        optimizer.step(closure_for(params))
     assert optimizer.steps is not None
     optimizer.reset()
     assert optimizer.steps is None and optimizer.direction is None
+    twins = [p.detach().clone().requires_grad_(True) for p in params]
+    fresh_optimizer = LBFGS(twins, history_size=10)
     before = float(loss(params))
-    optimizer.step(closure)
+    optimizer.step(closure_for(params))
+    fresh_optimizer.step(closure_for(twins))
     assert float(loss(params)) < before
+    for mine, twin in zip(params, twins):
+        torch.testing.assert_close(mine, twin, atol=0, rtol=0)
