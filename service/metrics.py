@@ -30,26 +30,30 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 class BatchSizes:
-    """How many onnxruntime calls ran with each (requests merged, rows, where) triple,
-    as plain counts that /metrics turns into histograms when scraped.
+    """How many onnxruntime calls ran with each number of rows and of merged requests,
+    and where (loop or pool), as plain counts that /metrics turns into histograms and
+    a counter when scraped.
 
-    Counting is on every prediction's path: one dict update under a lock, where
+    Counting is on every prediction's path: a few dict updates under a lock, where
     prometheus_client's two Histogram.observe and a labelled Counter.inc measured
-    9 us just after the process was idle (as between one client's requests).
-    The triples are bounded by the batcher's row limit and the route's rows limit."""
+    9 us just after the process was idle (as between one client's requests)."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._counts: dict[tuple[int, int, str], int] = {}
+        self._rows: dict[int, int] = {}
+        self._requests: dict[int, int] = {}
+        self._calls: dict[str, int] = {"loop": 0, "pool": 0}
 
     def observe(self, n_requests: int, n_rows: int, where: str) -> None:
-        key = (n_requests, n_rows, where)
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
+            self._rows[n_rows] = self._rows.get(n_rows, 0) + 1
+            self._requests[n_requests] = self._requests.get(n_requests, 0) + 1
+            self._calls[where] = self._calls.get(where, 0) + 1
 
-    def counts(self) -> dict[tuple[int, int, str], int]:
+    def counts(self) -> tuple[dict[int, int], dict[int, int], dict[str, int]]:
+        """-> ({rows: calls}, {merged requests: calls}, {where: calls})"""
         with self._lock:
-            return dict(self._counts)
+            return dict(self._rows), dict(self._requests), dict(self._calls)
 
 
 def _histogram(name: str, doc: str, values: Mapping[int, int]) -> HistogramMetricFamily:
@@ -97,13 +101,7 @@ class _ScrapeTimeMetrics(Collector):
             yield gauge
 
     def _batches(self):
-        rows: dict[int, int] = {}
-        requests: dict[int, int] = {}
-        calls = {"loop": 0, "pool": 0}
-        for (n_requests, n_rows, where), count in self.batch_sizes.counts().items():
-            rows[n_rows] = rows.get(n_rows, 0) + count
-            requests[n_requests] = requests.get(n_requests, 0) + count
-            calls[where] = calls.get(where, 0) + count
+        rows, requests, calls = self.batch_sizes.counts()
         yield _histogram("kanserve_inference_batch_rows", "Rows per onnxruntime call.", rows)
         yield _histogram("kanserve_inference_batch_requests", "Requests merged into one onnxruntime call.",
                          requests)

@@ -6,7 +6,8 @@ words the errors), and the labels are numpy's argmax."""
 import pytest
 from pydantic import ValidationError
 
-from service.api.predict import PLAIN_PARSE_MAX_VALUES, PredictRequest, _plain_rows
+from service.api.predict import (PLAIN_PARSE_MAX_BRACKETS, PLAIN_PARSE_MAX_BYTES, PLAIN_PARSE_MAX_VALUES,
+                                 PredictRequest, _plain_rows)
 
 TAKEN = [
     b'{"inputs": [[0.5, -0.25]]}',
@@ -56,6 +57,17 @@ def test_small_row_bodies_are_taken_with_the_schemas_values(raw):
 @pytest.mark.parametrize("raw", LEFT_TO_THE_SCHEMA)
 def test_other_bodies_are_left_to_the_schema(raw):
     assert _plain_rows(raw) is None
+
+
+@pytest.mark.parametrize("depth", [PLAIN_PARSE_MAX_BRACKETS, 201, 600])
+def test_long_or_deeply_nested_bodies_are_left_to_the_schema(depth):
+    # pydantic's JSON parser refuses nesting past 200 levels, orjson's only past 1024:
+    # the schema decides such bodies, as before the plain parse existed.
+    deep = b'{"inputs": [[1.0]], "x": ' + b"[" * depth + b"]" * depth + b"}"
+    assert _plain_rows(deep) is None
+    assert (_schema(deep) is None) == (depth > 200)
+    padded = b'{"inputs": [[1.0, 2.0]]' + b" " * PLAIN_PARSE_MAX_BYTES + b"}"
+    assert _plain_rows(padded) is None and _schema(padded) == ([[1.0, 2.0]], "spline")
 
 
 def test_large_bodies_are_left_to_the_schema():
