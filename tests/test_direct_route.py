@@ -153,6 +153,7 @@ def test_read_body_joins_chunks_keeps_them_for_later_readers_and_refuses_a_disco
                                      {"type": "http.request", "body": b'puts": 1}', "more_body": False}])
         assert await read_body(request) == b'{"inputs": 1}'
         assert await request.body() == b'{"inputs": 1}'  # from the request's cache: receive is drained
+        assert await read_body(request) == b'{"inputs": 1}'  # likewise
         gone = _request(messages=[{"type": "http.request", "body": b"{", "more_body": True},
                                   {"type": "http.disconnect"}])
         with pytest.raises(ClientDisconnect):

@@ -98,6 +98,9 @@ async def read_body(request: Request) -> bytes:
 
     Request.body() drains an async generator even for the usual one-message body;
     reading the messages here costs a DirectRoute a few microseconds less per request."""
+    cached = getattr(request, "_body", None)
+    if cached is not None:
+        return cached
     chunks = []
     while True:
         message = await request.receive()
