@@ -39,3 +39,8 @@ class ServingSettings(BaseSettings):
                                "the pool).")
     batch_max_delay_us: int = Field(0, ge=0, description="How long an idle model waits for "
                                                          "company before running a request.")
+    # On by default: at 64 clients the p99 of single-row predictions fell from 58-95 ms
+    # to 15-20 ms (the full collections walked every object the imports had made).
+    gc_freeze: bool = Field(True, description="After start-up, move every object made so far "
+                            "out of the garbage collector's reach (gc.freeze), once per process, so "
+                            "that full collections only walk what serving allocates.")
