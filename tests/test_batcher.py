@@ -206,9 +206,11 @@ class ThreadRecordingRunner(RecordingRunner):
         super().__init__(session)
         self.busy_s = busy_s
         self.threads: list[int] = []
+        self.started: list[tuple[int, int]] = []  # (thread, rows) of each call, in start order
 
     def __call__(self, x):
         self.threads.append(threading.get_ident())
+        self.started.append((threading.get_ident(), x.shape[0]))
         end = time.thread_time() + self.busy_s
         while time.thread_time() < end:
             pass
@@ -339,7 +341,9 @@ def test_merged_batches_go_to_the_pool_and_a_request_alone_in_the_queue_runs_on_
 
     _, (late,) = asyncio.run(main())
     loop_thread = threading.get_ident()
-    assert runner.batch_rows == [1, 2, 1]
-    assert runner.threads[0] == loop_thread != runner.threads[1]
-    assert runner.threads[2] == loop_thread
+    # In start order (batch_rows is in finishing order, which the shared cores decide).
+    (first_thread, first_rows), (pool_thread, pool_rows), (late_thread, late_rows) = runner.started
+    assert (first_thread, first_rows) == (loop_thread, 1)
+    assert pool_thread != loop_thread and pool_rows == 2
+    assert (late_thread, late_rows) == (loop_thread, 1)
     np.testing.assert_allclose(late, expected(np.full((1, 3), 9, np.float32)), rtol=1e-6)
