@@ -9,12 +9,15 @@ What it does:
    finished job would).
 2. Starts `uvicorn --factory serving:bench_app` (the production app plus one no-op
    POST route that reads the body and answers a constant: the floor of the web stack;
-   it is matched first, as the inference routes are) with the given number of workers, once per server configuration
-   (--modes: batching off, on, and on with every call on the pool).
+   it is matched first, as the inference routes are) with the given number of
+   workers, once per server configuration (--modes: batching off, on, and on with
+   every call on the pool).
 3. Drives it from a separate process (bench/loadgen.py) with 1, 16 and 64 concurrent
-   keep-alive clients for a fixed number of requests per target, after a warm-up, and
-   reports p50/p99 latency, requests/s, rows/s and the server's CPU time per request
-   (the one figure that other load on the machine hardly moves).
+   keep-alive clients for a fixed number of requests per target, after a warm-up, in
+   rounds that run every target once (--repeat rounds), and reports the medians of
+   p50/p99 latency, requests/s, rows/s and the server's CPU time per request (the one
+   figure that other load on the machine hardly moves), and each target's ratios to
+   the no-op route taken within a round.
 4. Writes the table under "## Serving" in docs/benchmarks.md (--write).
 
 The server-side no-op route lives in this file; the app factory imports nothing
