@@ -121,11 +121,10 @@ def _n_rows(inputs) -> int:
     return len(next(iter(inputs.values()), [])) if isinstance(inputs, dict) else len(inputs)
 
 
-def _to_matrix(inputs, max_rows: int):
+def _to_matrix(inputs, n_rows: int, max_rows: int):
     """A converter (served, predictor) -> (rows, n_in) float32, run where the runtime
     decides (on the loop for small requests, on the pool otherwise)."""
     def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
-        n_rows = _n_rows(inputs)
         if n_rows == 0:
             raise InputError("inputs: empty batch, send at least one row")
         if n_rows > max_rows:
@@ -177,10 +176,11 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         parsed = body.inputs, body.engine
     inputs, engine = parsed
+    n_rows = _n_rows(inputs)
     runtime = request.app.state.inference
     try:
         result = await runtime.infer(bearer_token(request), name, version, engine,
-                                     _to_matrix(inputs, runtime.settings.predict_max_rows), _n_rows(inputs))
+                                     _to_matrix(inputs, n_rows, runtime.settings.predict_max_rows), n_rows)
     except Unauthorized as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     except ModelNotFound as exc:

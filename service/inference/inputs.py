@@ -10,8 +10,9 @@ import numpy as np
 
 
 # Up to this many values, the range checks and extrapolation flags are computed in
-# plain Python: a numpy call's fixed cost is several times a small loop's (just after
-# the process was idle, np.isfinite(m).all() measured 5 us more than the loop).
+# plain Python: a numpy call's fixed cost dominates there (one row, just after the
+# process was idle: conversion and np.isfinite(m).all() 11.4 us, conversion and the
+# loop 8.5 us).
 SMALL_REQUEST_VALUES = 64
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 

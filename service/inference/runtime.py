@@ -6,9 +6,9 @@ Hot path: the model version named by a request is remembered for a second
 (LookupCache); with it and the session cached, a small request is converted on the
 event loop (a large one on the pool) and handed to the graph's MicroBatcher, which
 runs a single request on the loop when the graph is measured to be quick, and merged
-batches and slow graphs on a dedicated thread pool (see batcher.py). Without those caches, one hop to the pool first does
-the lookup query and the session load, shared by the requests that need the same
-lookup meanwhile.
+batches and slow graphs on a dedicated thread pool (see batcher.py). Without those
+caches, one hop to the pool first does the lookup query and the session load, shared
+by the requests that need the same lookup meanwhile.
 """
 
 from __future__ import annotations
