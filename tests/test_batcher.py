@@ -205,11 +205,13 @@ class ThreadRecordingRunner(RecordingRunner):
     def __init__(self, session, busy_s=0.0):
         super().__init__(session)
         self.busy_s = busy_s
-        self.threads: list[int] = []
         self.started: list[tuple[int, int]] = []  # (thread, rows) of each call, in start order
 
+    @property
+    def threads(self) -> list[int]:
+        return [thread for thread, _ in self.started]
+
     def __call__(self, x):
-        self.threads.append(threading.get_ident())
         self.started.append((threading.get_ident(), x.shape[0]))
         end = time.thread_time() + self.busy_s
         while time.thread_time() < end:
@@ -264,15 +266,21 @@ def test_a_batch_of_one_request_per_call_when_merging_is_off(session):
         np.testing.assert_allclose(y, expected(x), rtol=1e-6)
 
 
+async def measured_quick_batcher(runner, pool) -> MicroBatcher:
+    """A batcher whose graph has run once (on the pool) and so is measured as quick."""
+    batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
+    await batcher.submit(np.zeros((1, 3), np.float32))
+    return batcher
+
+
 def test_first_request_of_a_turn_runs_at_once_and_the_rest_of_the_turn_is_one_batch_on_the_pool(session):
     runner = ThreadRecordingRunner(session)
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
-            await batcher.submit(np.zeros((1, 3), np.float32))  # measured: quick from now on
+            batcher = await measured_quick_batcher(runner, pool)
             runner.batch_rows.clear()
-            runner.threads.clear()
+            runner.started.clear()
             loop = asyncio.get_running_loop()
             xs = [np.full((1, 3), i, np.float32) for i in range(5)]
             ran_at_once = []
@@ -300,8 +308,7 @@ def test_an_error_in_a_request_run_at_once_reaches_only_its_caller(session):
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(runner, pool, inline_max_us=1_000_000)
-            await batcher.submit(np.zeros((1, 3), np.float32))
+            batcher = await measured_quick_batcher(runner, pool)
             with pytest.raises(ValueError, match="poisoned"):
                 await batcher.submit(np.full((1, 3), np.nan, np.float32))
             return await batcher.submit(np.ones((1, 3), np.float32))
