@@ -227,6 +227,10 @@ def bench_shape(width, batch, grid, rounds, threads_list, pykan):
     return results
 
 
+# The columns after kanmodel's in the tables, in order.
+COMPARED = ("torch path", "full-basis", "floor", "mlp", "pykan")
+
+
 LAYER_NOTES = """How kanmodel's layer gets there (kanmodel/spline_op.py): one autograd function per
 layer evaluates only the k + 1 non-zero B-spline values per input and does one matmul per
 product; nothing of the basis evaluation is kept in an autograd graph. On CPU it runs the
@@ -260,26 +264,26 @@ def format_layer_section(all_results, rounds, threads_list, command):
              "Ratios are time / kanmodel time (higher = slower than kanmodel).", ""]
     for threads in threads_list:
         lines += [f"### {threads} thread(s)", "",
-                  "| shape (batch, grid) | mode | kanmodel | torch path | full-basis | floor | mlp | pykan |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| shape (batch, grid) | mode | kanmodel | " + " | ".join(COMPARED) + " |",
+                  "|---|---|---|" + "---|" * len(COMPARED)]
         for result in all_results:
             times = result["times"][threads]
             label = f"{result['width']} ({result['batch']}, {result['grid']})"
             for mode in MODES:
                 ours = times[f"kanmodel/{mode}"]
                 cells = [f"{ours * 1e3:.3f} ms"]
-                for name in ("torch path", "full-basis", "floor", "mlp", "pykan"):
+                for name in COMPARED:
                     value = times.get(f"{name}/{mode}")
                     cells.append("n/a" if value is None else f"{value * 1e3:.3f} ms ({value / ours:.2f}x)")
                 lines.append(f"| {label} | {mode.replace('_', '+')} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Peak memory of one forward+backward (tensors allocated during the call)", "",
-              "| shape | kanmodel | torch path | full-basis | floor | mlp | pykan | MLP widths |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| shape | kanmodel | " + " | ".join(COMPARED) + " | MLP widths |",
+              "|---|---|" + "---|" * len(COMPARED) + "---|"]
     for result in all_results:
         memory = result["memory"]
         cells = [f"{memory[name] / 2 ** 20:.2f} MiB" if name in memory else "n/a"
-                 for name in ("kanmodel", "torch path", "full-basis", "floor", "mlp", "pykan")]
+                 for name in ("kanmodel", *COMPARED)]
         lines.append(f"| {result['width']} | " + " | ".join(cells) + f" | {result['mlp_sizes']} |")
     lines += ["", "Targets (forward+backward):"]
     for threads in threads_list:
