@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 # mid-stage, short enough to keep the suite quick.
 LONG_SPEC = copy.deepcopy(HELLOKAN_SPEC)
 LONG_SPEC["train"] = {"optimizer": "adam", "grid_schedule": [3, 5, 8], "steps_per_grid": 750}
-LONG_TOTAL_STEPS = 750 * 3
+LONG_TOTAL_STEPS = LONG_SPEC["train"]["steps_per_grid"] * len(LONG_SPEC["train"]["grid_schedule"])
 LONG_SPEC["symbolic"] = {"enabled": False}
 LONG_SPEC["export"] = {"onnx": True, "plots": False}
 
@@ -33,7 +33,7 @@ def test_hellokan_job_events_model_formula_and_artifacts(production_stack):
     # compiled layer kernels; 100 steps per stage once took 2 s and now end between two
     # polls): progress events with an ETA.
     spec["train"]["steps_per_grid"] = 400
-    total_steps = 400 * len(spec["train"]["grid_schedule"])
+    total_steps = spec["train"]["steps_per_grid"] * len(spec["train"]["grid_schedule"])
     with stack.client() as client:
         submitted = client.post("/v1/jobs", json=spec)
         assert submitted.status_code == 202, submitted.text
