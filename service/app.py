@@ -18,9 +18,9 @@ from service.api.errors import install_error_handlers
 from service.auth import ensure_keys, has_any_key
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
+from service.jobs.queue import make_celery
 from service.jobs.submission import CeleryJobQueue, JobQueue
 from service.serving import INFERENCE_ROUTERS, install_serving, serving_lifespan
-from workers.celery_app import make_celery
 
 ROUTERS = [health.router, datasets.router, jobs.router, models.router]
 

@@ -81,7 +81,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before the worker imports torch
-    from workers.celery_app import app
+    from service.jobs.queue import app
 
     settings.ensure_data_dir()
     concurrency = args.concurrency or settings.worker_concurrency

@@ -205,7 +205,7 @@ def api_harness(tmp_path: Path, **overrides):
     from service.app import create_app
     from service.auth import create_key
     from service.jobs.submission import CeleryJobQueue
-    from workers.celery_app import make_celery
+    from service.jobs.queue import make_celery
 
     settings = migrated_sqlite_settings(tmp_path, **overrides)
     queue = RecordingQueue(CeleryJobQueue(make_celery(settings)))

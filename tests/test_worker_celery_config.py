@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from service.config import Settings
-from workers.celery_app import TRAIN_TASK, make_celery
+from service.jobs.queue import TRAIN_TASK, make_celery
 
 
 def test_redis_broker_delivery_settings_outlast_the_longest_job():

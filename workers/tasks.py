@@ -13,7 +13,7 @@ from celery.exceptions import Reject
 
 from service.config import get_settings
 from service.db.session import make_engine, make_session_factory
-from workers.celery_app import TRAIN_TASK, app
+from service.jobs.queue import TRAIN_TASK, app
 from workers.claim import requeue_stale
 from workers.pipeline import run_job
 

@@ -12,8 +12,8 @@ from service.config import Settings
 from service.db.models import Dataset, Job
 from service.db.types import utcnow
 from service.jobs.checks import Problem, check_limits, check_shape, resolve_shape
+from service.jobs.queue import TRAIN_TASK
 from service.schemas.jobspec import DatasetSource, JobSpec
-from workers.celery_app import TRAIN_TASK
 
 
 class JobQueue(Protocol):

@@ -1,7 +1,8 @@
 """The Celery app: broker, queues, delivery guarantees. Light on purpose.
 
-The gateway imports this module to enqueue jobs by task name, so it must import
-neither torch nor FastAPI; the worker loads the task module through ``include``.
+The gateway imports this module to enqueue jobs by task name and the worker imports it
+to register the task, so it imports neither torch nor FastAPI nor ``workers``: the
+worker's task module is named as a string in ``include`` and loaded only by the worker.
 """
 from __future__ import annotations
 
