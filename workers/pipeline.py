@@ -131,7 +131,7 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
         reporter.progress["resumed_from_stage"] = start_stage
         log.info("job %s: resuming at stage %d from its checkpoint", claim.job_id, start_stage)
     model = model.to(device)
-    reporter.set_phase("training", checkpoints=start_stage)
+    reporter.set_phase("training", checkpoints=start_stage, device=device.type)
 
     def on_stage_end(stage: int, trained: kanmodel.KAN) -> None:
         reporter.progress["checkpoints"] = stage + 1

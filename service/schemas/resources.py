@@ -37,6 +37,7 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
     checkpoints: int = 0
     resumed_from_stage: int | None = None
+    device: str | None = Field(None, description="Where the job trains: cpu or cuda.")
     notes: list[str] = []
 
 
