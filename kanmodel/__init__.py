@@ -5,11 +5,13 @@ The public names are fixed by docs/kanmodel-api.md.
 from kanmodel.checkpoint import CheckpointError, from_bytes, load, save, to_bytes
 from kanmodel.layer import KANLayer
 from kanmodel.model import KAN
-from kanmodel.training import FitResult, TrainingDiverged, TrainProgress, fit
+from kanmodel.training import FitOptions, FitResult, TrainingDiverged, TrainProgress, fit, split_rows
+from kanmodel.auto_fit import AutoFitResult, auto_fit
 
 __all__ = [
     "KAN", "KANLayer", "fit", "FitResult", "TrainProgress", "TrainingDiverged",
     "save", "load", "to_bytes", "from_bytes", "CheckpointError",
+    "FitOptions", "split_rows", "auto_fit", "AutoFitResult",
 ]
 
 # issue 3: pruning, symbolic formulas, discover()
