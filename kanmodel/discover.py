@@ -1,8 +1,8 @@
 """discover(): data in, formulas out. The one default recipe.
 
 The recipe (every option below has this default; nothing is tuned per data set):
-1. Hold out `val_fraction` of the rows (seeded). Everything is chosen on them and
-   every reported metric is measured on them.
+1. Hold out `val_fraction` of the rows (seeded, a `Split`). Everything is chosen on
+   them and every reported metric is measured on them.
 2. Try network shapes from simple to less simple (`widths`, default
    [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1]), each in the raw space and,
    when all inputs and outputs are strictly positive, first in log space (log y as
@@ -24,20 +24,23 @@ The recipe (every option below has this default; nothing is tuned per data set):
       down to 1-D slices of the model, fit each slice with the library, refit all
       constants of the resulting formula on the training rows (`symbolic.separable`).
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
-   std(y) <= `exact_tolerance`), or when the next attempt would not fit in
-   `time_budget` seconds (judged by the longest attempt so far); keep the attempt
-   with the lowest held-out formula error (ties: the earlier, simpler one).
+   std(y) <= `exact_tolerance`), or when the time budget is spent: every loop
+   (training steps, edge fits, searches, refits) checks it, and the best formula
+   found so far is returned. An attempt is only started while one as long as the
+   longest so far still fits.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from kanmodel.model import KAN
 from kanmodel.pruning import DEFAULT_THRESHOLD, prune
+from kanmodel.symbolic import deadline as time_limit
 from kanmodel.symbolic.auto import auto_symbolic, make_symbols
 from kanmodel.symbolic.formula import Formula, r2_score, rmse
 from kanmodel.symbolic.rounding import tidy
@@ -71,17 +74,67 @@ def default_widths(n_in: int, n_out: int) -> list[list[int]]:
 
 # In the plan, the separability step comes after this many shapes (it needs a good model).
 SEPARABLE_AFTER = 3
-SEPARABLE = "separable"
+NETWORK, SEPARABLE = "network", "separable"
 # A network whose held-out relative RMSE is above this did not converge (or cannot fit
 # the data); the same shape is then tried with the next seed of `retry_seeds`.
 CONVERGED = 1e-3
+# Why a discovery ended (Discovery.stopped).
+EXACT, BUDGET, CANCELLED, FINISHED = "exact", "budget", "cancelled", "finished"
+
+
+@dataclass
+class Split:
+    """The seeded split of the rows: X_train (n_train, n_in), y_train (n_train, n_out),
+    X_val, y_val the held-out rows everything is chosen and reported on."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+
+    @classmethod
+    def of(cls, X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, max_train_rows: int) -> "Split":
+        order = np.random.default_rng(seed).permutation(len(X))
+        n_val = max(1, int(round(len(X) * val_fraction)))
+        val_rows, train_rows = order[:n_val], order[n_val:][:max_train_rows]
+        return cls(X[train_rows], y[train_rows], X[val_rows], y[val_rows])
+
+
+@dataclass
+class Attempt:
+    """One network trained (kind "network") or one formula search on a network
+    (kind "separable", with the network it used as the oracle)."""
+
+    kind: str
+    width: list[int]                 # after pruning
+    trained_width: list[int]
+    space: str
+    seed: int
+    model: KAN
+    history: list[dict]
+    formulas: list[Formula]
+    seconds: float
+    spline_error: float | None       # worst held-out relative RMSE of the model (regression)
+    score: float = float("inf")      # held-out formula error (see `_score`)
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "width": self.width, "trained_width": self.trained_width,
+                "space": self.space, "seed": self.seed, "score": self.score,
+                "seconds": round(self.seconds, 2), "formulas": [f.text for f in self.formulas]}
 
 
 @dataclass
 class Discovery:
     """The result of `discover`: the kept model, one formula per output, metrics
     (held-out, for the model and the formulas), the model's training history and a
-    summary of every attempt."""
+    summary of every attempt.
+
+    The model maps input_transform(X) to target_transform(y): with space "log" both
+    are "log" (the model sees log X and predicts log y, so a raw prediction is
+    exp(model(log X))); with space "raw" both are None. The formulas are always in the
+    raw variables. stopped: "exact" (an exact formula ended the search), "budget"
+    (time_budget spent), "cancelled" (should_stop said so) or "finished" (plan done).
+    """
 
     model: KAN
     formulas: list[Formula]
@@ -89,6 +142,17 @@ class Discovery:
     history: list[dict]
     space: str = "raw"
     attempts: list[dict] = field(default_factory=list)
+    stopped: str = FINISHED
+    seconds: float = 0.0
+    time_budget: float = float("inf")
+
+    @property
+    def input_transform(self) -> str | None:
+        return "log" if self.space == "log" else None
+
+    @property
+    def target_transform(self) -> str | None:
+        return "log" if self.space == "log" else None
 
 
 def _check_inputs(X, y, task):
@@ -113,12 +177,17 @@ def _check_inputs(X, y, task):
     return X, y
 
 
+def _stop_when_out_of_time(progress) -> bool:
+    return time_limit.expired()
+
+
 def _train(width, X, y, task, opts, seed: int) -> tuple[KAN, list[dict]]:
     """Adam on the first grid (robust from a random start), prune (networks with hidden
     layers), then the optimizer of the recipe (LBFGS) on the finer grids.
-    X, y in the model's space."""
+    X, y in the model's space. Training stops early (keeping the model as it is) when
+    the time limit runs out."""
     schedule = list(opts["grid_schedule"])
-    common = dict(val_fraction=0.15, seed=seed)
+    common = dict(val_fraction=0.15, seed=seed, callback=_stop_when_out_of_time)
     hidden = len(width) > 2
     model = KAN(width, grid=schedule[0], seed=seed, task=task)
     if opts["float64"]:
@@ -126,36 +195,37 @@ def _train(width, X, y, task, opts, seed: int) -> tuple[KAN, list[dict]]:
     target = y if task == "regression" else y.astype(np.int64)
     warm = fit(model, X, target, optimizer="adam", grid_schedule=schedule[:1],
                steps_per_grid=opts["warmup_steps"], lamb=opts["lamb"] if hidden else 0.0, **common)
-    if hidden:
+    if hidden and not warm.stopped:
         model = prune(model, X, opts["prune_threshold"])
-    if len(schedule) == 1:
+    if len(schedule) == 1 or warm.stopped:
         return model, warm.history
     rest = fit(model, X, target, optimizer=opts["optimizer"], grid_schedule=schedule[1:],
                steps_per_grid=opts["steps_per_grid"], **common)
     return model, warm.history + [dict(h, stage=h["stage"] + 1) for h in rest.history]
 
 
-def _attempt(width, space_name, X_tr, y_tr, X_val, y_val, task, opts, deadline, seed):
+def _network_attempt(width, space_name: str, data: Split, task: str, opts: dict, seed: int) -> Attempt:
     space = Space(space_name)
     started = time.monotonic()
     torch.manual_seed(seed)
-    model, history = _train(width, space.inputs(X_tr), space.targets(y_tr) if task == "regression"
-                            else y_tr, task, opts, seed)
+    y_model = space.targets(data.y_train) if task == "regression" else data.y_train
+    model, history = _train(width, space.inputs(data.X_train), y_model, task, opts, seed)
+    attempt = Attempt(NETWORK, list(model.width), list(width), space_name, seed, model, history, [], 0.0,
+                      _spline_error(model, space, data.X_val, data.y_val) if task == "regression" else None)
     if task == "regression":
-        fit_targets = y_tr
+        fit_targets, val_targets = data.y_train, data.y_val
     else:  # a formula per logit: distil the model's logits
-        with torch.no_grad():
-            fit_targets = model(torch.as_tensor(X_tr, dtype=model.in_shift.dtype)).double().numpy()
-    formulas = auto_symbolic(model, X_tr, fit_targets, opts["library"], opts["variables"],
-                             space=space_name, X_val=X_val,
-                             y_val=y_val if task == "regression" else _logits(model, X_val),
-                             time_budget=max(0.0, deadline - time.monotonic()),
-                             # logits have no exact formula to search for
-                             alternatives=2 if task == "regression" else 0)
-    return {"model": model, "history": history, "formulas": formulas, "space": space_name,
-            "width": list(model.width), "trained_width": list(width), "seed": seed,
-            "seconds": time.monotonic() - started,
-            "spline_error": _spline_error(model, space, X_val, y_val) if task == "regression" else None}
+        fit_targets, val_targets = _logits(model, data.X_train), _logits(model, data.X_val)
+    try:
+        attempt.formulas = auto_symbolic(model, data.X_train, fit_targets, opts["library"], opts["variables"],
+                                         space=space_name, X_val=data.X_val, y_val=val_targets,
+                                         time_budget=max(0.0, time_limit.remaining()),
+                                         # logits have no exact formula to search for
+                                         alternatives=2 if task == "regression" else 0)
+    except time_limit.OutOfTime:
+        pass  # the trained model is kept (it may be the only one); it has no formula
+    attempt.seconds = time.monotonic() - started
+    return attempt
 
 
 def _spline_error(model: KAN, space: Space, X_val, y_val) -> float:
@@ -167,11 +237,11 @@ def _spline_error(model: KAN, space: Space, X_val, y_val) -> float:
                for o in range(y_val.shape[1]))
 
 
-def _separable_attempt(oracle_attempt, X_tr, y_tr, X_val, y_val, opts, deadline):
+def _separable_attempt(oracle: Attempt, data: Split, opts: dict) -> Attempt | None:
     """Split the function into sums and products of 1-D functions, with the most
     accurate model so far as the oracle (`symbolic.separable`)."""
     started = time.monotonic()
-    model, space = oracle_attempt["model"], Space(oracle_attempt["space"])
+    model, space = oracle.model, Space(oracle.space)
 
     @torch.no_grad()
     def predict(X: np.ndarray) -> np.ndarray:
@@ -179,18 +249,19 @@ def _separable_attempt(oracle_attempt, X_tr, y_tr, X_val, y_val, opts, deadline)
         return np.exp(out) if space.name == "log" else out
 
     # a split passes when it holds to well within the oracle's own error
-    tolerance = float(np.clip(20 * oracle_attempt["spline_error"], 1e-3, 5e-2))
-    symbols = make_symbols(opts["variables"], X_tr)
-    found = separable_formula(predict, X_tr, y_tr[:, 0], symbols, tolerance, opts["library"],
-                              deadline=deadline)
+    tolerance = float(np.clip(20 * oracle.spline_error, 1e-3, 5e-2))
+    symbols = make_symbols(opts["variables"], data.X_train)
+    y_train = data.y_train[:, 0]
+    found = separable_formula(predict, data.X_train, y_train, symbols, tolerance, opts["library"])
     if found is None:
         return None
-    expr = tidy(found[0], symbols, X_tr, y_tr[:, 0])
+    expr = tidy(found[0], symbols, data.X_train, y_train)
     formula = Formula(expr, [s.name for s in symbols], symbols=symbols, output="y")
-    formula.score(X_val, y_val[:, 0])
-    formula.spline_rmse = oracle_attempt["formulas"][0].spline_rmse
-    return {**oracle_attempt, "formulas": [formula], "seconds": time.monotonic() - started,
-            "kind": SEPARABLE}
+    formula.score(data.X_val, data.y_val[:, 0])
+    if oracle.formulas:
+        formula.spline_rmse = oracle.formulas[0].spline_rmse
+    return Attempt(SEPARABLE, oracle.width, oracle.trained_width, oracle.space, oracle.seed, model,
+                   oracle.history, [formula], time.monotonic() - started, oracle.spline_error)
 
 
 @torch.no_grad()
@@ -198,53 +269,63 @@ def _logits(model: KAN, X: np.ndarray) -> np.ndarray:
     return model(torch.as_tensor(X, dtype=model.in_shift.dtype)).double().numpy()
 
 
-def _score(attempt, X_val, y_val, task) -> float:
+def _score(attempt: Attempt, data: Split, task: str) -> float:
     """Held-out formula error (relative RMSE, worst output; classification: 1 - accuracy)."""
-    preds = np.stack([f.func(X_val) for f in attempt["formulas"]], axis=1)
+    if not attempt.formulas:
+        return float("inf")
+    preds = np.stack([f.func(data.X_val) for f in attempt.formulas], axis=1)
     if task == "classification":
         if not np.isfinite(preds).all():
             return float("inf")
-        return float(np.mean(preds.argmax(1) != y_val))
-    scales = np.maximum(y_val.std(0), 1e-300)
-    return max(rmse(preds[:, o], y_val[:, o]) / scales[o] for o in range(y_val.shape[1]))
+        return float(np.mean(preds.argmax(1) != data.y_val))
+    scales = np.maximum(data.y_val.std(0), 1e-300)
+    return max(rmse(preds[:, o], data.y_val[:, o]) / scales[o] for o in range(data.y_val.shape[1]))
 
 
-def _metrics(attempt, X_val, y_val, task) -> dict:
-    model, space = attempt["model"], Space(attempt["space"])
+def _metrics(attempt: Attempt, data: Split, task: str) -> dict:
+    model, space = attempt.model, Space(attempt.space)
+    X_val, y_val = data.X_val, data.y_val
     spline = _logits(model, space.inputs(X_val))
     if task == "regression":
         if space.name == "log":
             spline = np.exp(spline)
         out = {"spline_rmse": [rmse(spline[:, o], y_val[:, o]) for o in range(y_val.shape[1])],
                "spline_r2": [r2_score(spline[:, o], y_val[:, o]) for o in range(y_val.shape[1])],
-               "formula_rmse": [f.rmse for f in attempt["formulas"]],
-               "formula_r2": [f.r2 for f in attempt["formulas"]]}
+               "formula_rmse": [f.rmse for f in attempt.formulas],
+               "formula_r2": [f.r2 for f in attempt.formulas]}
     else:
-        preds = np.stack([f.func(X_val) for f in attempt["formulas"]], axis=1)
+        preds = np.stack([f.func(X_val) for f in attempt.formulas], axis=1)
         out = {"spline_accuracy": float(np.mean(spline.argmax(1) == y_val)),
                "formula_accuracy": float(np.mean(np.nan_to_num(preds, nan=-np.inf).argmax(1) == y_val))}
-    out.update({"space": space.name, "width": attempt["width"], "n_validation_rows": len(X_val)})
+    out.update({"space": space.name, "width": attempt.width, "n_validation_rows": len(X_val)})
     return out
 
 
-class _Attempts:
-    """The attempts of one discover() call: runs them within the time budget, keeps the best."""
+class _AttemptLog:
+    """The attempts of one discover() call: runs them within the time limit, keeps the
+    best formula and reports progress."""
 
-    def __init__(self, X_tr, y_tr, X_val, y_val, task, opts, deadline):
-        self.data = (X_tr, y_tr, X_val, y_val)
-        self.task, self.opts, self.deadline = task, opts, deadline
-        self.best, self.summaries, self.trained, self.longest = None, [], [], 0.0
+    def __init__(self, data: Split, task: str, opts: dict, progress: Callable[[dict], object] | None,
+                 started: float):
+        self.data, self.task, self.opts = data, task, opts
+        self.progress, self.started = progress, started
+        self.best: Attempt | None = None
+        self.summaries: list[dict] = []
+        self.trained: list[Attempt] = []
+        self.longest = 0.0
+
+    def exact(self) -> bool:
+        return self.task == "regression" and self.best is not None \
+            and self.best.score <= self.opts["exact_tolerance"]
 
     def done(self) -> bool:
-        exact = self.task == "regression" and self.best is not None \
-            and self.best["score"] <= self.opts["exact_tolerance"]
+        if self.exact() or time_limit.expired():
+            return True
         # an attempt is only started when one as long as the longest so far still fits
-        late = self.best is not None and time.monotonic() + self.longest > self.deadline
-        return exact or late
+        return bool(self.trained) and time_limit.remaining() < self.longest
 
     def _error(self, width, space_name) -> float:
-        errors = [a["spline_error"] for a in self.trained
-                  if a["trained_width"] == width and a["space"] == space_name]
+        errors = [a.spline_error for a in self.trained if a.trained_width == width and a.space == space_name]
         return min(errors) if errors else float("inf")
 
     def stuck(self, width, space_name, smaller) -> bool:
@@ -258,43 +339,72 @@ class _Attempts:
             return False
         return any(s == space_name and error >= 0.9 * self._error(w, s) for w, s in smaller)
 
-    def run(self, width, space_name, seed) -> None:
-        if self.done():
+    def _report(self, event: str, **fields) -> None:
+        if self.progress is None:
             return
-        X_tr, y_tr, X_val, y_val = self.data
+        best = self.best
+        self.progress({"event": event, "attempt": len(self.summaries) + (event == "attempt"), **fields,
+                       "best_error": float(best.score) if best is not None else None,
+                       "best_formulas": [f.text for f in best.formulas] if best is not None else [],
+                       "elapsed": time.monotonic() - self.started})
+
+    def run(self, width, space_name: str, seed: int) -> None:
+        # the first network is trained whatever the time: the result needs a model
+        if self.done() and self.trained:
+            return
+        self._report("attempt", kind=NETWORK if space_name != SEPARABLE else SEPARABLE,
+                     width=width, space=space_name, seed=seed)
         if space_name == SEPARABLE:
             if not self.trained:
                 return
-            oracle = min(self.trained, key=lambda a: a["spline_error"])
-            attempt = _separable_attempt(oracle, X_tr, y_tr, X_val, y_val, self.opts, self.deadline)
+            oracle = min(self.trained, key=lambda a: a.spline_error)
+            try:
+                attempt = _separable_attempt(oracle, self.data, self.opts)
+            except time_limit.OutOfTime:
+                attempt = None
             if attempt is None:
-                self.summaries.append({"kind": SEPARABLE, "space": oracle["space"], "width": oracle["width"],
-                                       "result": "no split within tolerance"})
+                self.summaries.append({"kind": SEPARABLE, "space": oracle.space, "width": oracle.width,
+                                       "result": "no split within tolerance or out of time"})
+                self._report("result", kind=SEPARABLE, score=None)
                 return
         else:
             try:
-                attempt = _attempt(width, space_name, X_tr, y_tr, X_val, y_val, self.task, self.opts,
-                                   self.deadline, seed)
+                attempt = _network_attempt(width, space_name, self.data, self.task, self.opts, seed)
             except TrainingDiverged as error:
-                self.summaries.append({"width": width, "space": space_name, "seed": seed, "error": str(error)})
+                self.summaries.append({"kind": NETWORK, "width": width, "space": space_name, "seed": seed,
+                                       "error": str(error)})
+                self._report("result", kind=NETWORK, score=None)
                 return
             self.trained.append(attempt)
-        self.longest = max(self.longest, attempt["seconds"])
-        attempt["score"] = _score(attempt, X_val, y_val, self.task)
-        self.summaries.append({"kind": attempt.get("kind", "network"), "width": attempt["width"],
-                               "trained_width": attempt["trained_width"], "space": attempt["space"],
-                               "seed": attempt["seed"], "score": attempt["score"],
-                               "seconds": round(attempt["seconds"], 2),
-                               "formulas": [f.text for f in attempt["formulas"]]})
-        if self.best is None or attempt["score"] < self.best["score"]:
+        self.longest = max(self.longest, attempt.seconds)
+        attempt.score = _score(attempt, self.data, self.task)
+        self.summaries.append(attempt.summary())
+        if self.best is None or attempt.score < self.best.score:
             self.best = attempt
+        self._report("result", kind=attempt.kind, width=attempt.width, space=attempt.space,
+                     score=float(attempt.score))
+
+    def stop_reason(self) -> str:
+        if self.exact():
+            return EXACT
+        if time_limit.cancelled():
+            return CANCELLED
+        return BUDGET if time_limit.expired() or self.done() else FINISHED
 
 
-def discover(X, y, variables: list[str] | None = None, task: str = "regression", **options) -> Discovery:
+def discover(X, y, variables: list[str] | None = None, task: str = "regression", *,
+             progress: Callable[[dict], object] | None = None,
+             should_stop: Callable[[], bool] | None = None, **options) -> Discovery:
     """Train, prune, extract and refit formulas with the default recipe (module docstring).
 
     X: (rows, features); y: (rows,) or (rows, outputs) for regression, class labels
     for classification. variables: names of the features (default x0, x1, ...).
+    progress(dict): called when an attempt starts ({"event": "attempt", "attempt": k,
+    "kind", "width", "space", "seed", ...}) and ends ({"event": "result", "score", ...});
+    both carry "best_error" (held-out relative RMSE of the best formula so far, None
+    before one exists), "best_formulas" (their text) and "elapsed" seconds.
+    should_stop(): polled about every 0.5 s; True ends the discovery like a spent
+    budget (the best formula so far is returned, `stopped` = "cancelled").
     options: any key of DEFAULTS. Raises ValueError on bad input or unknown options.
     """
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -303,13 +413,11 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
     opts = {**DEFAULTS, **options, "variables": variables}
     X, y = _check_inputs(X, y, task)
     make_symbols(variables, X)  # bad names fail now, not after training
+    budget = float(opts["time_budget"])
+    if not budget > 0:
+        raise ValueError(f"time_budget must be a positive number of seconds, got {opts['time_budget']!r}")
     started = time.monotonic()
-    deadline = started + float(opts["time_budget"])
-
-    order = np.random.default_rng(opts["seed"]).permutation(len(X))
-    n_val = max(1, int(round(len(X) * opts["val_fraction"])))
-    val_rows, train_rows = order[:n_val], order[n_val:][: opts["max_train_rows"]]
-    X_tr, y_tr, X_val, y_val = X[train_rows], y[train_rows], X[val_rows], y[val_rows]
+    data = Split.of(X, y, opts["val_fraction"], opts["seed"], opts["max_train_rows"])
     n_out = y.shape[1] if task == "regression" else int(y.max()) + 1
 
     widths = opts["widths"] or default_widths(X.shape[1], n_out)
@@ -322,23 +430,32 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
         position = sum(1 for w, _ in plan if widths.index(w) < SEPARABLE_AFTER)
         plan.insert(position, (None, SEPARABLE))
 
-    state = _Attempts(X_tr, y_tr, X_val, y_val, task, opts, deadline)
-    # first pass: every shape once; then, one retry seed at a time, again every shape
-    # with hidden layers that did not converge (one-layer KANs are sums of splines: a
-    # poor fit there is the shape, not the seed)
-    for width, space_name in plan:
-        state.run(width, space_name, opts["seed"])
-    networks = [(w, s) for w, s in plan if s != SEPARABLE]
-    for seed in opts["retry_seeds"]:
-        for index, (width, space_name) in enumerate(networks):
-            if len(width) > 2 and state.stuck(width, space_name, networks[:index]):
-                state.run(width, space_name, seed)
-    best, summaries = state.best, state.summaries
+    log = _AttemptLog(data, task, opts, progress, started)
+    with time_limit.within(started + budget, should_stop):
+        # first pass: every shape once; then, one retry seed at a time, again every shape
+        # with hidden layers that did not converge (one-layer KANs are sums of splines: a
+        # poor fit there is the shape, not the seed)
+        for width, space_name in plan:
+            log.run(width, space_name, opts["seed"])
+        networks = [(w, s) for w, s in plan if s != SEPARABLE]
+        for seed in opts["retry_seeds"]:
+            for index, (width, space_name) in enumerate(networks):
+                if len(width) > 2 and log.stuck(width, space_name, networks[:index]):
+                    log.run(width, space_name, seed)
+        stopped = log.stop_reason()
+    best, summaries = log.best, log.summaries
     if best is None:
-        raise TrainingDiverged("discover: every attempt diverged: " + "; ".join(s["error"] for s in summaries))
-
-    metrics = _metrics(best, X_val, y_val, task)
-    metrics["method"] = best.get("kind", "network")
-    metrics["seconds"] = time.monotonic() - started
-    metrics["attempts"] = len(summaries)
-    return Discovery(best["model"], best["formulas"], metrics, best["history"], best["space"], summaries)
+        raise TrainingDiverged("discover: every attempt diverged: " +
+                               "; ".join(s.get("error", "") for s in summaries))
+    if not best.formulas:  # out of time before any formula: the model's own edges, unrefined
+        regression = task == "regression"
+        best.formulas = auto_symbolic(
+            best.model, data.X_train, data.y_train if regression else _logits(best.model, data.X_train),
+            opts["library"], variables, space=best.space, X_val=data.X_val,
+            y_val=data.y_val if regression else _logits(best.model, data.X_val), alternatives=0, time_budget=0.0)
+    seconds = time.monotonic() - started
+    metrics = _metrics(best, data, task)
+    metrics.update({"method": best.kind, "seconds": seconds, "attempts": len(summaries),
+                    "stopped": stopped, "time_budget": budget})
+    return Discovery(best.model, best.formulas, metrics, best.history, best.space, summaries,
+                     stopped, seconds, budget)

@@ -63,3 +63,67 @@ def test_classification_gives_one_formula_per_class():
 def test_bad_input_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kanmodel.discover(**kwargs)
+
+
+def _parsed_matches(formula, X):
+    from sympy.parsing.sympy_parser import parse_expr
+    names = formula.variables
+    symbols = [sympy.Symbol(n) for n in names]
+    parsed = parse_expr(formula.text, local_dict=dict(zip(names, symbols)))
+    values = sympy.lambdify(symbols, parsed, modules="numpy")(*X.T)
+    return np.allclose(values, formula.func(X), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("names", [["m1", "m2", "r1", "r2"], ["p0", "r0", "q0", "x0"],
+                                   ["E", "I", "N", "S"], ["Q", "O", "beta", "gamma"],
+                                   ["zeta", "lambd", "E_n", "I_0"]])
+def test_variable_names_equal_to_internal_or_sympy_names_work(names):
+    rng = np.random.default_rng(3)
+    X = rng.uniform(1, 5, (400, 4))
+    y = (X[:, 0] * X[:, 2] + X[:, 1] * X[:, 3]) / (X[:, 0] + X[:, 1])
+    found = kanmodel.discover(X, y, variables=names, widths=[[4, 1]], spaces=("raw",), **FAST)
+    (formula,) = found.formulas
+    assert formula.variables == names and np.isfinite(formula.rmse)
+    assert _parsed_matches(formula, X)
+
+
+def test_a_spent_budget_returns_the_best_formula_so_far():
+    rng = np.random.default_rng(4)
+    X = rng.uniform(1, 5, (600, 5))
+    y = -X[:, 0] * X[:, 1] ** 4 / (2 * (4 * np.pi * X[:, 4]) ** 2 * (X[:, 2] / (2 * np.pi)) ** 2) / X[:, 3] ** 2
+    events = []
+    found = kanmodel.discover(X, y, variables=["m", "q", "h", "n", "epsilon"], time_budget=1.0,
+                              progress=events.append)
+    assert found.stopped in ("budget", "exact")
+    assert found.time_budget == 1.0 and found.metrics["stopped"] == found.stopped
+    (formula,) = found.formulas
+    assert formula.text and formula.func(X).shape == (600,)
+    assert isinstance(found.model, kanmodel.KAN)
+    assert events[0]["event"] == "attempt" and events[0]["attempt"] == 1
+    assert {"kind", "width", "space", "best_error", "elapsed"} <= set(events[-1])
+
+
+def test_should_stop_cancels_and_still_returns_a_formula():
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-1, 1, (400, 2))
+    y = np.exp(np.sin(np.pi * X[:, 0]) + X[:, 1] ** 2)
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return True
+
+    found = kanmodel.discover(X, y, should_stop=should_stop, **FAST)
+    assert asked and found.stopped == "cancelled"
+    assert len(found.formulas) == 1 and found.metrics["attempts"] <= 2
+
+
+def test_log_space_model_says_how_it_maps_to_y():
+    rng = np.random.default_rng(6)
+    X = rng.uniform(1, 5, (400, 2))
+    y = X[:, 0] / X[:, 1] ** 2
+    found = kanmodel.discover(X, y, widths=[[2, 1]], spaces=("log",), **FAST)
+    assert found.input_transform == "log" and found.target_transform == "log"
+    with torch.no_grad():
+        out = found.model(torch.as_tensor(np.log(X), dtype=found.model.in_shift.dtype)).double().numpy()[:, 0]
+    assert np.allclose(np.exp(out), y, rtol=1e-3)

@@ -21,9 +21,10 @@ import numpy as np
 import sympy
 import torch
 
+from . import deadline as time_limit
 from .compose import SymbolicLayer, compose, substitute
 from .edge_fit import EdgeFit, fit_edge
-from .formula import Formula, rmse
+from .formula import RESERVED_NAMES, Formula, rmse
 from .refit import polish, refit_constants
 from .rounding import tidy
 from .spaces import Space
@@ -48,6 +49,9 @@ def make_symbols(variables: list[str] | None, X: np.ndarray) -> list[sympy.Symbo
     for name in names:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise ValueError(f"variables: {name!r} is not a valid variable name (letters, digits, _)")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"variables: {name!r} is the name of a function or constant in formula text; "
+                             f"rename it (reserved: {sorted(RESERVED_NAMES)})")
     if len(set(names)) != len(names):
         raise ValueError(f"variables: names must be distinct, got {names}")
     return [sympy.Symbol(name, positive=True) if (X[:, i] > 0).all() else sympy.Symbol(name, real=True)
@@ -87,13 +91,18 @@ def edge_candidates(model, X_model: np.ndarray | None = None, library: list[str]
     """Ranked candidates for every live edge: [{(j, i): [EdgeFit, ...]}] per layer.
 
     X_model: see `edge_curves`. Masked (pruned) edges have no entry.
+    Raises OutOfTime when the time limit runs out (see `deadline.within`).
     """
     result = []
     for layer, (xs, acts) in zip(model.layers, edge_curves(model, X_model, n_points)):
         mask = layer.mask.detach().cpu().numpy()
-        result.append({(j, i): fit_edge(xs[:, i], acts[:, j, i], library)
-                       for j in range(layer.out_features) for i in range(layer.in_features)
-                       if mask[j, i] != 0})
+        fits = {}
+        for j in range(layer.out_features):
+            for i in range(layer.in_features):
+                if mask[j, i] != 0:
+                    time_limit.check()
+                    fits[(j, i)] = fit_edge(xs[:, i], acts[:, j, i], library)
+        result.append(fits)
     return result
 
 
@@ -142,6 +151,9 @@ class _Search:
         spline = _spline_predictions(model, space, X)[:, output]
         self.spline_error = rmse(spline, y) / self.scale
 
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline or time_limit.expired()
+
     def evaluate(self, choice):
         exprs, values = _output_exprs(self.model, choice, self.symbols, self.space)
         expr = exprs[self.output]
@@ -160,10 +172,10 @@ class _Search:
                         if len(fits) > 1 and not (index == last and key[0] != self.output)),
                        key=lambda t: t[0])
         for _, index, key in edges:
-            if best[2] <= EXACT * self.scale or time.monotonic() > self.deadline:
+            if best[2] <= EXACT * self.scale or self.out_of_time():
                 break
             for alt in self.candidates[index][key][1:1 + alternatives]:
-                if time.monotonic() > self.deadline:
+                if self.out_of_time():
                     break
                 trial = [dict(layer) for layer in choice]
                 trial[index][key] = alt

@@ -52,13 +52,14 @@ def number(v: float) -> sympy.Expr:
 
 
 class _Parameters:
-    """Hands out fresh parameter symbols p0, p1, ... and remembers their values."""
+    """Hands out fresh parameter symbols (Dummies: no variable name can equal one)
+    and remembers their values."""
 
     def __init__(self) -> None:
         self.values: dict[sympy.Symbol, float] = {}
 
     def new(self, value: float) -> sympy.Symbol:
-        sym = sympy.Symbol(f"p{len(self.values)}", real=True)
+        sym = sympy.Dummy(f"p{len(self.values)}", real=True)
         self.values[sym] = float(value)
         return sym
 

@@ -6,11 +6,56 @@ from typing import Callable
 
 import numpy as np
 import sympy
+from sympy.printing.str import StrPrinter
+
+
+# Printed in formula text as function calls, so a variable must not be named like them.
+RESERVED_NAMES = frozenset({"pi", "exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "asin", "acos",
+                            "atan", "sinh", "cosh", "Abs", "sign"})
+_NOT_FINITE = (sympy.zoo, sympy.oo, -sympy.oo, sympy.nan)
+
+
+def is_finite_expr(expr: sympy.Expr) -> bool:
+    """False when expr holds an infinite or undefined constant (zoo, oo, nan): such a
+    candidate (e.g. from a constant rounded to 0 under a division) is rejected."""
+    try:
+        return not any(expr.has(c) for c in _NOT_FINITE)
+    except (TypeError, AttributeError):
+        return False
+
+
+def lambdify(args: list[sympy.Symbol], expr, cse: bool = True) -> Callable[..., np.ndarray]:
+    """sympy.lambdify with every argument replaced by a fresh Dummy first.
+
+    The generated code then holds no user name at all: a variable called r1, exp,
+    E or lambd can neither collide with another argument (a fitted parameter) nor
+    shadow a numpy function in the generated module."""
+    dummies = [sympy.Dummy() for _ in args]
+    table = dict(zip(args, dummies))
+    body = [e.xreplace(table) for e in expr] if isinstance(expr, (list, tuple)) else expr.xreplace(table)
+    return sympy.lambdify(dummies, body, modules="numpy", cse=cse)
+
+
+class _TextPrinter(StrPrinter):
+    """str() of a formula that parses back with the variables as plain symbols:
+    Euler's number is written exp(1), since a variable may be called E."""
+
+    def _print_Exp1(self, expr) -> str:
+        return "exp(1)"
+
+
+def formula_text(expr: sympy.Expr) -> str:
+    return _TextPrinter().doprint(expr)
 
 
 def numpy_function(expr: sympy.Expr, symbols: list[sympy.Symbol]) -> Callable[..., np.ndarray]:
-    """expr as a numpy function of `symbols` (positional arrays), constants broadcast."""
-    raw = sympy.lambdify(symbols, expr, modules="numpy", cse=True)
+    """expr as a numpy function of `symbols` (positional arrays), constants broadcast.
+    An expression holding zoo, oo or nan evaluates to NaN everywhere."""
+    if is_finite_expr(expr):
+        raw = lambdify(symbols, expr)
+    else:
+        def raw(*args):
+            return np.nan
 
     def call(*args: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):
@@ -74,7 +119,7 @@ class Formula:
 
     @property
     def text(self) -> str:
-        return str(self.expr)
+        return formula_text(self.expr)
 
     @property
     def latex(self) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 import sympy
 from scipy.optimize import least_squares
 
-from .formula import rmse
+from . import deadline
+from .formula import is_finite_expr, lambdify, rmse
 
 # A Jacobian with more operations than this is not derived symbolically (it would cost
 # more to build than finite differences cost to run).
@@ -23,12 +24,15 @@ def refit_constants(expr: sympy.Expr, values: dict, symbols: list[sympy.Symbol],
     """Least squares over the parameters of `expr` that appear in `values`.
 
     expr: over `symbols` (variables) and parameter symbols; X (batch, n_vars); y (batch,).
-    Returns (new values, rmse); the old values are kept when the fit does not improve them.
+    Returns (new values, rmse); the old values are kept when the fit does not improve them
+    or the time limit (`deadline`) runs out during the fit.
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
-    free = sorted((s for s in expr.free_symbols if s in values), key=lambda s: s.name)
-    f = sympy.lambdify(free + list(symbols), expr, modules="numpy", cse=True)
+    if not is_finite_expr(expr):
+        return dict(values), float("inf")
+    free = [s for s in values if s in expr.free_symbols]
+    f = lambdify(free + list(symbols), expr)
     columns = list(X.T)
 
     def predict(p: np.ndarray) -> np.ndarray:
@@ -37,6 +41,8 @@ def refit_constants(expr: sympy.Expr, values: dict, symbols: list[sympy.Symbol],
         return np.broadcast_to(np.asarray(out, dtype=np.float64), y.shape)
 
     def residual(p: np.ndarray) -> np.ndarray:
+        if deadline.expired():
+            raise deadline.OutOfTime("refit stopped")
         r = predict(p) - y
         return np.nan_to_num(r, nan=_BAD_RESIDUAL, posinf=_BAD_RESIDUAL, neginf=-_BAD_RESIDUAL)
 
@@ -47,8 +53,7 @@ def refit_constants(expr: sympy.Expr, values: dict, symbols: list[sympy.Symbol],
 
     jac = "2-point"
     if sympy.count_ops(expr) * len(free) <= MAX_SYMBOLIC_JACOBIAN_OPS:
-        grads = sympy.lambdify(free + list(symbols), [sympy.diff(expr, s) for s in free],
-                               modules="numpy", cse=True)
+        grads = lambdify(free + list(symbols), [sympy.diff(expr, s) for s in free])
 
         def jac(p: np.ndarray) -> np.ndarray:
             with np.errstate(all="ignore"):
@@ -60,7 +65,8 @@ def refit_constants(expr: sympy.Expr, values: dict, symbols: list[sympy.Symbol],
     try:
         sol = least_squares(residual, p0, jac=jac, method=method, xtol=1e-15, ftol=1e-15,
                             gtol=1e-15, max_nfev=max_nfev, x_scale="jac")
-    except (ValueError, np.linalg.LinAlgError, OverflowError, ZeroDivisionError):
+    except (ValueError, np.linalg.LinAlgError, OverflowError, ZeroDivisionError, deadline.OutOfTime):
+        # out of time: the starting values are a valid (if unrefined) answer
         return dict(values), start_err
     new_err = rmse(predict(sol.x), y)
     if not new_err < start_err:
@@ -92,7 +98,7 @@ def polish(expr: sympy.Expr, symbols: list[sympy.Symbol], X: np.ndarray, y: np.n
     floats = sorted(expanded.atoms(sympy.Float), key=float)
     if not floats:
         return expr, before
-    params = {f: sympy.Symbol(f"r{k}", real=True) for k, f in enumerate(floats)}
+    params = {f: sympy.Dummy(real=True) for f in floats}
     template = expanded.xreplace(params)
     values, after = refit_constants(template, {params[f]: float(f) for f in floats}, symbols, X, y)
     if not after < before:
@@ -101,6 +107,8 @@ def polish(expr: sympy.Expr, symbols: list[sympy.Symbol], X: np.ndarray, y: np.n
 
 
 def _predict(expr, symbols, X, n):
-    f = sympy.lambdify(list(symbols), expr, modules="numpy")
+    if not is_finite_expr(expr):
+        return np.full(n, np.nan)
+    f = lambdify(list(symbols), expr, cse=False)
     with np.errstate(all="ignore"):
         return np.broadcast_to(np.asarray(f(*X.T), dtype=np.float64), (n,))

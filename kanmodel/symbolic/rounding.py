@@ -80,7 +80,7 @@ class _Checker:
     def error(self, expr: sympy.Expr) -> float:
         try:
             return rmse(evaluate(expr, self.symbols, self.X), self.y)
-        except (TypeError, ValueError, ZeroDivisionError, OverflowError, NameError):
+        except (TypeError, ValueError, KeyError, ZeroDivisionError, OverflowError, NameError):
             return float("inf")
 
     def ok(self, expr: sympy.Expr) -> bool:

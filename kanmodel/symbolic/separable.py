@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import sympy
 
+from . import deadline as time_limit
 from .edge_fit import EdgeFit, fit_edge
 from .library import LIBRARY
 
@@ -128,6 +129,7 @@ def _leaf(oracle: _Oracle, i: int, library) -> Leaf:
 
 
 def _decompose(oracle: _Oracle, active: list[int], tolerance: float, library, depth: int):
+    time_limit.check()
     if len(active) == 1:
         return _leaf(oracle, active[0], library)
     if depth >= MAX_DEPTH:
@@ -149,7 +151,7 @@ def tree_expr(tree, symbols: list[sympy.Symbol]) -> tuple[sympy.Expr, dict]:
     values: dict[sympy.Symbol, float] = {}
 
     def param(v: float) -> sympy.Symbol:
-        s = sympy.Symbol(f"q{len(values)}", real=True)
+        s = sympy.Dummy(f"q{len(values)}", real=True)
         values[s] = float(v)
         return s
 
@@ -201,7 +203,7 @@ def separable_formula(predict: Callable[[np.ndarray], np.ndarray], X: np.ndarray
     best = evaluate()
     for leaf in sorted(_leaves(tree), key=lambda leaf: leaf.fit.r2):
         for alt in list(leaf.alternatives):
-            if best[1] <= exact * scale or time.monotonic() > deadline:
+            if best[1] <= exact * scale or time.monotonic() > deadline or time_limit.expired():
                 return best
             chosen, leaf.fit = leaf.fit, alt
             trial = evaluate()
