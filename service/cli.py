@@ -115,40 +115,68 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         env["KANSERVE_DATABASE_URL"] = settings.resolved_database_url
     if settings.broker_url is None:
         env["KANSERVE_BROKER_URL"] = settings.resolved_broker_url
-    worker = WorkerSupervisor([sys.executable, "-m", "service.cli", "worker"], env)
     base = f"http://{settings.host}:{settings.port}"
     print(f"kanserve: database {_redact(settings.resolved_database_url)}, broker "
           f"{_redact(settings.resolved_broker_url)}\nkanserve: API docs at {base}/docs", file=sys.stderr)
+    # uvicorn shuts down on SIGTERM, then raises the signal again with this handler back in
+    # place: without one the process would die there and leave its worker running.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    worker, terminated = None, False
     try:
+        worker = WorkerSupervisor([sys.executable, "-m", "service.cli", "worker"], env)
         _serve_api(settings)
+    except Terminated:
+        terminated = True
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
+    if terminated:
+        print("kanserve: stopped on SIGTERM", file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)  # exit as the signal asks (status 143), now that the tree is down
     return 0
+
+
+class Terminated(Exception):
+    """SIGTERM reached `kanserve up`."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the worker's stop short
+    raise Terminated
 
 
 class WorkerSupervisor:
     """Runs the embedded worker as a child process and restarts it if it dies (its
     interrupted job then resumes from its checkpoint)."""
 
-    def __init__(self, command: list[str], env: dict[str, str]):
-        self.command, self.env = command, env
+    def __init__(self, command: list[str], env: dict[str, str], stop_timeout: float = 30.0):
+        self.command, self.env, self.stop_timeout = command, env, stop_timeout
         self.stopping = threading.Event()
+        self.lock = threading.Lock()  # no restart can start after stop() began
         self.process = subprocess.Popen(command, env=env)
         threading.Thread(target=self._watch, name="worker-supervisor", daemon=True).start()
 
     def _watch(self) -> None:
         while not self.stopping.wait(1.0):
-            if self.process.poll() is not None and not self.stopping.is_set():
-                print(f"kanserve: the worker exited with {self.process.returncode}; restarting it", file=sys.stderr)
-                self.process = subprocess.Popen(self.command, env=self.env)
+            with self.lock:
+                if self.process.poll() is not None and not self.stopping.is_set():
+                    print(f"kanserve: the worker exited with {self.process.returncode}; restarting it",
+                          file=sys.stderr)
+                    self.process = subprocess.Popen(self.command, env=self.env)
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.process.send_signal(signal.SIGTERM)
+        """SIGTERM to the worker, which hands a running job back to the queue at its next
+        step; SIGKILL if it has not exited after ``stop_timeout`` seconds."""
+        with self.lock:
+            self.stopping.set()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=self.stop_timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 def _redact(url: str) -> str:
