@@ -15,6 +15,7 @@ from service.api import datasets, health, jobs, models
 from service.api.body_limit import BodySizeLimit
 from service.api.direct_route import DirectRouteDispatch
 from service.api.errors import install_error_handlers
+from service.api.openapi import install_openapi
 from service.auth import ensure_keys, has_any_key
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
@@ -58,4 +59,5 @@ def create_app(settings: Settings | None = None, job_queue: JobQueue | None = No
     for router in ROUTERS:
         app.include_router(router)
     install_serving(app, engine)
+    install_openapi(app)
     return app

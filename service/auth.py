@@ -16,6 +16,16 @@ from service.db.types import utcnow
 
 KEY_PREFIX = "ks_"
 
+# Revocations made by this process. Caches of key checks (the inference runtime's)
+# compare it with the count they last saw and forget everything when it moved, so a
+# revocation here takes effect at the next request; other processes see it when their
+# cached answers expire (KANSERVE_MODEL_LOOKUP_TTL_S).
+_revocations = 0
+
+
+def revocations() -> int:
+    return _revocations
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
@@ -58,10 +68,12 @@ def revoke_key(session: Session, id_or_prefix: str) -> list[ApiKey]:
     rows = session.scalars(
         sa.select(ApiKey).where(sa.or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
     ).all()
+    global _revocations
     for row in rows:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
     session.commit()
+    _revocations += 1
     return list(rows)
 
 

@@ -171,7 +171,9 @@ class MetricsMiddleware:
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", include_in_schema=True, summary="Prometheus metrics")
+@router.get("/metrics", include_in_schema=True, summary="Prometheus metrics", response_class=Response,
+            responses={200: {"description": "The Prometheus text format",
+                             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}}})
 async def metrics_endpoint(request: Request) -> Response:
     metrics: ServiceMetrics = request.app.state.metrics
     # Off the event loop: collecting jobs by status queries the database.

@@ -27,11 +27,18 @@ INLINE = {"inline": {"X": [[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 5.0]], "y":
 
 # (case id, raw body or spec, expected status, expected loc (joined) or None, words the message must contain)
 JOB_CASES = [
-    ("malformed json", b'{"name": "x", ', 422, "body.14", ["JSON"]),
+    ("malformed json", b'{"name": "x", ', 422, "body", ["Invalid JSON", "line 1 column 14"]),
     ("body not an object", b"[1, 2]", 422, "body", ["object"]),
-    ("missing model", spec_with("model", None), 422, "body.model", ["required"]),
+    ("missing data", spec_with("data", None), 422, "body.data", ["required"]),
     ("width not ints", spec_with("model.width", ["two", 5, 1]), 422, "body.model.width.0", ["integer"]),
     ("width one layer", spec_with("model.width", [2]), 422, "body.model.width", ["at least 2"]),
+    ("width neither list nor auto", spec_with("model.width", "big"), 422, "body.model.width", ["valid array"]),
+    ("discover for classification", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0], [1.0]] * 2}}),
+                                     "task": "classification", "model": {"width": [2, 3, 2]},
+                                     "symbolic": {"mode": "discover"}}, 422, "body.symbolic", ["for regression"]),
+    ("auto classification one class", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0]] * 4}}),
+                                       "task": "classification", "model": {"width": "auto"}}, 422, "body.data",
+     ["at least 2 classes"]),
     ("unknown field", spec_with("train.stepz", 3), 422, "body.train.stepz", ["Extra inputs"]),
     ("bad optimizer", spec_with("train.optimizer", "sgd"), 422, "body.train.optimizer", ["lbfgs", "adam"]),
     ("decreasing grids", spec_with("train.grid_schedule", [5, 3]), 422, "body.train.grid_schedule",

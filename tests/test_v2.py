@@ -143,7 +143,7 @@ def test_errors_for_models_and_keys_are_error_objects(client, env):
     r = client.post("/v2/models/hello/infer", content=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     r = client.get("/v2/models/hello/versions/x1")
-    assert r.status_code == 400 and "positive integer" in r.json()["error"]
+    assert r.status_code == 400 and "integer from 1" in r.json()["error"]
 
 
 def test_infer_can_pick_the_formula_graph(tmp_path, kan):

@@ -2,24 +2,25 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from functools import partial
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.api.deps import current_key, get_db, get_settings
+from service.api.errors import error_responses, invalid
 from service.config import Settings
 from service.datasets.tables import Table, TableError, parse_csv, parse_rows, to_npy
 from service.db.models import ApiKey, Dataset
 from service.schemas.resources import DatasetOut, DatasetRows
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401))
 
 UPLOAD_DOC = {
     "requestBody": {
@@ -45,13 +46,13 @@ def _too_large(settings: Settings) -> HTTPException:
 
 
 def _parse_json_rows(raw: bytes, settings: Settings) -> tuple[str, Table]:
+    # pydantic's JSON parser refuses invalid UTF-8, nesting past its depth limit and
+    # integer literals of thousands of digits as invalid JSON (json.loads raised
+    # UnicodeDecodeError and RecursionError there).
     try:
-        body = DatasetRows.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise TableError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        body = DatasetRows.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise TableError(f"{'.'.join(str(part) for part in first['loc']) or 'body'}: {first['msg']}") from None
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
     return body.name, parse_rows(body.columns, body.rows, settings.max_rows, settings.max_columns)
 
 
@@ -66,7 +67,7 @@ async def _read_upload(request: Request, settings: Settings) -> tuple[bytes, Cal
         form = await request.form(max_files=1, max_fields=4)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(422, "multipart upload needs a 'file' field with the CSV")
+            raise invalid(("body", "file"), "multipart upload needs a 'file' field with the CSV", "missing")
         raw = await upload.read(settings.max_upload_bytes + 1)
         if len(raw) > settings.max_upload_bytes:
             raise _too_large(settings)
@@ -83,6 +84,7 @@ async def _read_upload(request: Request, settings: Settings) -> tuple[bytes, Cal
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_DOC,
+             responses=error_responses(413, 415, 422),
              summary="Upload a table of numbers (CSV with a header row, or JSON columns + rows)")
 async def upload_dataset(request: Request, settings: Settings = Depends(get_settings),
                          key: ApiKey = Depends(current_key)) -> DatasetOut:
@@ -90,7 +92,7 @@ async def upload_dataset(request: Request, settings: Settings = Depends(get_sett
     try:
         name, table = await run_in_threadpool(parse)
     except TableError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise invalid(("body",), str(exc), "table") from None
     dataset = Dataset(owner_key_id=key.id, name=name, columns=table.columns, n_rows=len(table.values),
                       sha256=hashlib.sha256(raw).hexdigest(), size_bytes=len(raw), values_npy=to_npy(table.values))
 
@@ -109,7 +111,7 @@ def list_datasets(db: Session = Depends(get_db), key: ApiKey = Depends(current_k
     return [dataset_out(row) for row in rows]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(404, 422))
 def get_dataset(dataset_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(current_key)) -> DatasetOut:
     dataset = db.scalar(sa.select(Dataset).where(Dataset.id == dataset_id, Dataset.owner_key_id == key.id))
     if dataset is None:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from service.schemas.errors import Error, V2Error
 from service.schemas.jobspec import DATA_SOURCE_TAGS
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,31 @@ class SpecProblems(Exception):
     def __init__(self, errors: list[dict]):
         super().__init__(errors)
         self.errors = errors
+
+
+# What each error status means on this API; routes list the ones they can answer.
+ERROR_MEANINGS = {
+    400: "malformed request",
+    401: "missing, invalid or revoked API key (`Authorization: Bearer <key>`)",
+    404: "no such resource among the caller's own",
+    409: "conflicts with the resource's state",
+    413: "request body, upload or row count above the configured limit",
+    415: "unsupported Content-Type",
+    422: "the request is well-formed but its values are invalid; `detail` lists the issues",
+    503: "a service the request needs is unavailable",
+}
+
+
+def error_responses(*statuses: int, v2: bool = False) -> dict:
+    """`responses=` for a route: each status with its meaning and the one error schema
+    (V2Error on the Open Inference Protocol routes)."""
+    model = V2Error if v2 else Error
+    return {status: {"model": model, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+def invalid(loc: tuple | list, msg: str, kind: str) -> RequestValidationError:
+    """A 422 for one field, in the same shape as the schema's validation errors."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": kind}])
 
 
 def _without_union_tag(loc: tuple) -> list:

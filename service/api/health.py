@@ -14,7 +14,8 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "the database or the broker does not answer; "
+                                                   "`checks` says which"}})
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
 

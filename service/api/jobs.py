@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import current_key, get_db, get_settings
-from service.api.errors import SpecProblems
+from service.api.errors import SpecProblems, error_responses
+from service.api.openapi import json_body
 from service.config import Settings
 from service.db.models import TERMINAL_STATUSES, ApiKey, Job, ModelVersion
 from service.db.types import utcnow
@@ -21,7 +24,7 @@ from service.jobs.submission import (EnqueueFailed, IdempotencyConflict, create_
 from service.schemas.jobspec import JobSpec
 from service.schemas.resources import JobList, JobOut, ModelRef, Progress
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401))
 
 EVENTS_POLL_SECONDS = 0.5
 
@@ -62,9 +65,25 @@ def owned_job(db: Session, job_id: str, key: ApiKey) -> Job:
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut,
+def _parse_spec(raw: bytes) -> JobSpec:
+    try:
+        return JobSpec.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+
+
+async def read_job_spec(request: Request, _key: ApiKey = Depends(current_key)) -> JobSpec:
+    """The body as a JobSpec. Read only once the key is checked (the dependency above),
+    so an unauthenticated request is answered 401 without its body being read, and
+    validated on a worker thread: a spec with inline data can be megabytes."""
+    return await run_in_threadpool(_parse_spec, await request.body())
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=json_body(JobSpec),
+             responses=error_responses(409, 413, 422, 503),
              summary="Submit a training job (202; follow links.events or poll links.self)")
-def submit_job(spec: JobSpec, request: Request, response: Response, db: Session = Depends(get_db),
+def submit_job(spec: Annotated[JobSpec, Depends(read_job_spec)], request: Request, response: Response,
+               db: Session = Depends(get_db),
                key: ApiKey = Depends(current_key), settings: Settings = Depends(get_settings),
                idempotency_key: str | None = Header(None, max_length=200,
                                                     description="Same key + same body returns the same job")) -> JobOut:
@@ -92,9 +111,9 @@ def submit_job(spec: JobSpec, request: Request, response: Response, db: Session 
     return job_out(job, _model_of(db, job), with_spec=True)
 
 
-@router.get("", response_model=JobList)
+@router.get("", response_model=JobList, responses=error_responses(422))
 def list_jobs(request: Request, status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
-              limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0),
+              limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0, le=2**31 - 1),
               db: Session = Depends(get_db), key: ApiKey = Depends(current_key)) -> JobList:
     where = [Job.owner_key_id == key.id] + ([Job.status == status] if status else [])
     total = db.scalar(sa.select(sa.func.count()).select_from(Job).where(*where))
@@ -109,13 +128,13 @@ def list_jobs(request: Request, status: Literal["queued", "running", "succeeded"
                    next=next_url)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404, 422))
 def get_job(job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(current_key)) -> JobOut:
     job = owned_job(db, job_id, key)
     return job_out(job, _model_of(db, job), with_spec=True)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut,
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, responses=error_responses(404, 409, 422),
              summary="Cancel: a queued job ends at once, a running one at its next training step")
 def cancel_job(job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends(current_key)) -> JobOut:
     job = owned_job(db, job_id, key)
@@ -134,7 +153,7 @@ def cancel_job(job_id: str, db: Session = Depends(get_db), key: ApiKey = Depends
 
 
 @router.get("/{job_id}/events", summary="Server-sent events: 'progress' on every change, then one 'end'",
-            response_class=EventSourceResponse)
+            response_class=EventSourceResponse, responses=error_responses(404, 422))
 async def job_events(job_id: str, request: Request, key: ApiKey = Depends(current_key)):
     session_factory = request.app.state.session_factory
 

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from sqlalchemy.orm import Session, selectinload
 
 from service.api.deps import current_key, get_db
+from service.api.errors import error_responses
+from service.api.versions import Version
 from service.db.models import ApiKey, Artifact, ModelVersion
 from service.schemas.resources import (ArtifactOut, FormulaOut, ModelList, ModelOut, ModelSummary,
                                        ModelVersionOut)
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401))
 
 
 def version_url(model: ModelVersion) -> str:
@@ -34,17 +36,15 @@ def _versions_query(key: ApiKey, name: str):
             .options(selectinload(ModelVersion.formulas), selectinload(ModelVersion.artifacts)))
 
 
-def owned_version(db: Session, key: ApiKey, name: str, version: str) -> ModelVersion:
-    """``version`` is a number or ``latest``; another key's model is a 404 like a missing one."""
+def owned_version(db: Session, key: ApiKey, name: str, version: int | None) -> ModelVersion:
+    """``version`` None is the latest; another key's model is a 404 like a missing one."""
     query = _versions_query(key, name)
-    if version == "latest":
+    if version is None:
         model = db.scalar(query.order_by(ModelVersion.version.desc()).limit(1))
-    elif version.isdigit() and 0 < int(version) < 2**31:
-        model = db.scalar(query.where(ModelVersion.version == int(version)))
     else:
-        raise HTTPException(422, f"version must be an integer from 1 to 2^31-1 or 'latest', got '{version[:40]}'")
+        model = db.scalar(query.where(ModelVersion.version == version))
     if model is None:
-        raise HTTPException(404, f"model '{name}' version '{version}' not found")
+        raise HTTPException(404, f"model '{name}' version '{'latest' if version is None else version}' not found")
     return model
 
 
@@ -60,7 +60,7 @@ def list_models(db: Session = Depends(get_db), key: ApiKey = Depends(current_key
                             for name, latest, count, updated in rows])
 
 
-@router.get("/{name}", response_model=ModelOut)
+@router.get("/{name}", response_model=ModelOut, responses=error_responses(404, 422))
 def get_model(name: str, db: Session = Depends(get_db), key: ApiKey = Depends(current_key)) -> ModelOut:
     versions = db.scalars(_versions_query(key, name).order_by(ModelVersion.version.desc())).all()
     if not versions:
@@ -68,16 +68,17 @@ def get_model(name: str, db: Session = Depends(get_db), key: ApiKey = Depends(cu
     return ModelOut(name=name, latest_version=versions[0].version, versions=[version_out(v) for v in versions])
 
 
-@router.get("/{name}/versions/{version}", response_model=ModelVersionOut)
-def get_model_version(name: str, version: str, db: Session = Depends(get_db),
+@router.get("/{name}/versions/{version}", response_model=ModelVersionOut, responses=error_responses(404, 422))
+def get_model_version(name: str, version: Version, db: Session = Depends(get_db),
                       key: ApiKey = Depends(current_key)) -> ModelVersionOut:
     return version_out(owned_version(db, key, name, version))
 
 
 @router.get("/{name}/versions/{version}/artifacts/{kind}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}},
+            responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}},
+                       304: {"description": "the artifact matches If-None-Match"}, **error_responses(404, 422)},
             summary="Download an artifact: onnx, formula_onnx, checkpoint, plot_network, plot_loss")
-def download_artifact(name: str, version: str, kind: str, request: Request, db: Session = Depends(get_db),
+def download_artifact(name: str, version: Version, kind: str, request: Request, db: Session = Depends(get_db),
                       key: ApiKey = Depends(current_key)) -> Response:
     model = owned_version(db, key, name, version)
     artifact = db.scalar(sa.select(Artifact).where(Artifact.model_id == model.id, Artifact.kind == kind)
@@ -94,8 +95,8 @@ def download_artifact(name: str, version: str, kind: str, request: Request, db: 
 
 
 @router.delete("/{name}/versions/{version}", status_code=204, response_class=Response,
-               summary="Delete a model version: its graphs stop being served")
-def delete_model_version(name: str, version: str, request: Request, db: Session = Depends(get_db),
+               summary="Delete a model version: its graphs stop being served", responses=error_responses(404, 422))
+def delete_model_version(name: str, version: Version, request: Request, db: Session = Depends(get_db),
                          key: ApiKey = Depends(current_key)) -> Response:
     model = owned_version(db, key, name, version)
     model_id = model.id

@@ -11,48 +11,30 @@ when any input lies outside the model's training range: the answer is still give
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import bearer_scheme
 from service.api.direct_route import DirectRoute, bearer_token, read_body
+from service.api.errors import error_responses, invalid
+from service.api.inference_errors import TooManyRows, status_for
+from service.api.openapi import json_body
+from service.api.versions import LATEST, BadVersion, VersionText, parse_version
 from service.inference.inputs import (SMALL_REQUEST_VALUES, InputError, columns_matrix, extrapolated_rows,
                                       rows_matrix)
-from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized
+from service.inference.model_lookup import ServedModel
 from service.inference.onnx_predictor import OnnxPredictor
 from service.inference.runtime import Inference
+from service.schemas.predict import ENGINES, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["predict"], route_class=DirectRoute)
-
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Rows = list[list[Finite]]
-Columns = dict[str, list[Finite]]
-_ROWS, _COLUMNS = TypeAdapter(Rows), TypeAdapter(Columns)
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"inputs": [[0.5, -0.25]], "engine": "spline"},
-        {"inputs": {"x0": [0.5, 0.1], "x1": [-0.25, 0.3]}, "engine": "formula"}]})
-
-    inputs: Rows | Columns = Field(description="Positional rows, or named columns.")
-    engine: Literal["spline", "formula"] = Field(
-        "spline", description="'spline': the trained network's graph; 'formula': the extracted "
-                              "closed-form formulas' graph.")
-
-    @field_validator("inputs", mode="wrap")
-    @classmethod
-    def _rows_or_columns(cls, value: Any, _handler):
-        # Validate against the one shape the client chose, so errors speak of that shape
-        # (a plain union reports failures against both).
-        adapter = _COLUMNS if isinstance(value, dict) else _ROWS
-        return adapter.validate_python(value)
 
 
 # Requests of at most this many values take the plain-Python parse below; a body
@@ -63,7 +45,9 @@ class PredictRequest(BaseModel):
 PLAIN_PARSE_MAX_VALUES = 64
 PLAIN_PARSE_MAX_BYTES = 4096
 PLAIN_PARSE_MAX_BRACKETS = 128
-_ENGINES = ("spline", "formula")
+# Bodies longer than this are validated on a worker thread: pydantic took 2-5 ms for
+# 16-64 KiB here, and seconds for tens of megabytes, time the event loop would stall.
+OFF_LOOP_PARSE_BYTES = 16 * 1024
 
 
 def _plain_rows(raw: bytes) -> tuple[list, str] | None:
@@ -83,7 +67,7 @@ def _plain_rows(raw: bytes) -> tuple[list, str] | None:
     if type(body) is not dict:
         return None
     rows, engine = body.get("inputs"), body.get("engine", "spline")
-    if type(rows) is not list or engine not in _ENGINES:
+    if type(rows) is not list or engine not in ENGINES:
         return None
     count = 0
     for row in rows:
@@ -100,23 +84,6 @@ def _plain_rows(raw: bytes) -> tuple[list, str] | None:
     return rows, engine
 
 
-class PredictResponse(BaseModel):
-    model: str
-    version: int
-    engine: str
-    outputs: list[list[float]] = Field(description="(rows, n_outputs): regression values, or "
-                                                   "class logits for classification.")
-    output_names: list[str]
-    extrapolated: list[bool] | None = Field(None, description="Per row: any input outside the "
-                                                              "training range.")
-    probabilities: list[list[float]] | None = None
-    labels: list[str] | None = None
-
-
-class TooManyRows(ValueError):
-    """More rows than KANSERVE_PREDICT_MAX_ROWS (answered 413)."""
-
-
 def _n_rows(inputs) -> int:
     return len(next(iter(inputs.values()), [])) if isinstance(inputs, dict) else len(inputs)
 
@@ -126,9 +93,9 @@ def _to_matrix(inputs, n_rows: int, max_rows: int):
     decides (on the loop for small requests, on the pool otherwise)."""
     def convert(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
         if n_rows == 0:
-            raise InputError("inputs: empty batch, send at least one row")
+            raise InputError("inputs", "empty batch, send at least one row")
         if n_rows > max_rows:
-            raise TooManyRows(f"inputs: {n_rows} rows is more than the limit of {max_rows} per request")
+            raise TooManyRows("inputs", n_rows, max_rows)
         if isinstance(inputs, dict):
             return columns_matrix(inputs, served.input_names)
         return rows_matrix(inputs, predictor.n_features)
@@ -163,11 +130,8 @@ def _response(result: Inference) -> Response:
                     media_type="application/json")
 
 
-async def _predict(request: Request, name: str, version: int | None) -> Response:
-    # The body is parsed here (see _plain_rows; otherwise pydantic's JSON parser, straight
-    # from bytes): these are DirectRoutes (see direct_route.py). The OpenAPI schema is
-    # declared below.
-    raw = await read_body(request)
+def _parse(raw: bytes) -> tuple[Any, str]:
+    """A predict body -> (inputs, engine); RequestValidationError naming the fields."""
     parsed = _plain_rows(raw)
     if parsed is None:
         try:
@@ -175,46 +139,54 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         except ValidationError as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         parsed = body.inputs, body.engine
-    inputs, engine = parsed
-    n_rows = _n_rows(inputs)
+    return parsed
+
+
+def _http_error(exc: Exception, status: int) -> Exception:
+    if isinstance(exc, BadVersion):
+        return invalid(("path", "version"), str(exc), "version")
+    if status == 401:
+        return HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+    if isinstance(exc, InputError):
+        return invalid(("body", exc.field), exc.problem, "inputs")
+    return HTTPException(status, str(exc))
+
+
+async def _predict(request: Request, name: str, version_text: str) -> Response:
+    # These are DirectRoutes (see direct_route.py): the key is checked from the headers
+    # before the body is read, and the body is parsed here (see _plain_rows; otherwise
+    # pydantic's JSON parser, straight from bytes). The OpenAPI schema is declared below.
     runtime = request.app.state.inference
+    api_key = bearer_token(request)
     try:
-        result = await runtime.infer(bearer_token(request), name, version, engine,
+        await runtime.authenticate(api_key)
+        version = parse_version(version_text)
+        raw = await read_body(request)
+        inputs, engine = _parse(raw) if len(raw) <= OFF_LOOP_PARSE_BYTES else await run_in_threadpool(_parse, raw)
+        n_rows = _n_rows(inputs)
+        result = await runtime.infer(api_key, name, version, engine,
                                      _to_matrix(inputs, n_rows, runtime.settings.predict_max_rows), n_rows)
-    except Unauthorized as exc:
-        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
-    except ModelNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except TooManyRows as exc:
-        raise HTTPException(413, str(exc)) from None
-    except InputError as exc:
-        raise HTTPException(422, str(exc).replace("input:", "inputs:", 1)) from None
+    except Exception as exc:
+        status = status_for(exc)
+        if status is None:  # a bug, or a validation error already worded
+            raise
+        raise _http_error(exc, status) from None
     return _response(result)
 
 
 _DOC = {
     "response_model": PredictResponse,
-    "openapi_extra": {
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": PredictRequest.model_json_schema()}}},
-        "security": [{bearer_scheme.scheme_name: []}],
-    },
-    "responses": {
-        401: {"description": "missing or invalid API key"},
-        404: {"description": "no such model or version among the caller's models"},
-        413: {"description": "more rows than KANSERVE_PREDICT_MAX_ROWS"},
-        422: {"description": "inputs do not fit the model (count, names, non-finite values)"}},
+    "openapi_extra": {**json_body(PredictRequest), "security": [{bearer_scheme.scheme_name: []}]},
+    "responses": error_responses(401, 404, 413, 422),
 }
 
 
 @router.post("/v1/models/{name}/predict", summary="Predict with the latest version", **_DOC)
 async def predict_latest(request: Request, name: str) -> Response:
-    return await _predict(request, name, None)
+    return await _predict(request, name, LATEST)
 
 
 @router.post("/v1/models/{name}/versions/{version}/predict", summary="Predict with one version", **_DOC)
-async def predict_version(request: Request, name: str, version: int) -> Response:
+async def predict_version(request: Request, name: str, version: VersionText) -> Response:
     # DirectRoute passes the path parameter as it arrived (a string).
-    if not str(version).isdigit() or int(version) < 1:
-        raise HTTPException(422, f"version must be an integer >= 1, got {version!r}")
-    return await _predict(request, name, int(version))
+    return await _predict(request, name, version)

@@ -18,14 +18,25 @@ import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
+from service.api.deps import bearer_scheme
 from service.api.direct_route import DirectRoute, bearer_token, read_body
+from service.api.errors import error_responses
+from service.api.inference_errors import TooManyRows, status_for
+from service.api.openapi import json_body
 from service.api.v2_tensors import HEADER_LENGTH, V2Error, encode_infer_response, parse_infer_request
-from service.inference.model_lookup import ModelNotFound, ServedModel, Unauthorized, list_versions
-from service.inference.onnx_predictor import OnnxPredictor, PredictorInputError
+from service.api.versions import VersionText, parse_version
+from service.inference.model_lookup import ServedModel, list_versions
+from service.inference.onnx_predictor import OnnxPredictor
 from service.inference.runtime import InferenceRuntime
+from service.schemas.v2 import V2InferRequest
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+
+# Bodies longer than this are parsed on a worker thread, off the event loop.
+OFF_LOOP_PARSE_BYTES = 16 * 1024
+_SECURED = {"security": [{bearer_scheme.scheme_name: []}]}
 
 PLATFORM = "onnx_onnxv1"
 
@@ -39,26 +50,30 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
+def _failure(exc: Exception) -> Response:
+    """The protocol's error object for an expected failure (malformed or unfit input: 400);
+    re-raises anything else."""
+    status = status_for(exc, invalid_input=400)
+    if status is None:
+        raise exc
+    return _error(str(exc), status)
+
+
 def _version(text: str | None) -> int | None:
     if text is None or text == "":
         return None  # Triton: an empty version means the latest
-    if not text.isdigit() or int(text) < 1:
-        raise V2Error(f"model version must be a positive integer, got {text!r}")
-    return int(text)
+    return parse_version(text)
 
 
 async def _resolve(request: Request, name: str,
                    version: str | None) -> tuple[ServedModel, OnnxPredictor] | Response:
     runtime: InferenceRuntime = request.app.state.inference
+    api_key = bearer_token(request)
     try:
-        served, predictor, _ = await runtime.call(
-            runtime.resolve, bearer_token(request), name, _version(version), "spline")
-    except V2Error as exc:
-        return _error(str(exc), 400)
-    except Unauthorized as exc:
-        return _error(str(exc), 401)
-    except ModelNotFound as exc:
-        return _error(str(exc), 404)
+        await runtime.authenticate(api_key)
+        served, predictor, _ = await runtime.call(runtime.resolve, api_key, name, _version(version), "spline")
+    except Exception as exc:
+        return _failure(exc)
     return served, predictor
 
 
@@ -72,7 +87,8 @@ async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness (the database answers)")
+@router.get("/health/ready", summary="Server readiness (the database answers)",
+            responses={503: {"description": "the database does not answer"}})
 async def ready(request: Request) -> Response:
     runtime: InferenceRuntime = request.app.state.inference
 
@@ -121,16 +137,7 @@ async def _ready(request: Request, name: str, version: str | None) -> Response:
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     runtime: InferenceRuntime = request.app.state.inference
-    body = await read_body(request)
-    try:
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-        engine = parsed.parameters.get("engine", "spline")
-        if engine not in ("spline", "formula"):
-            raise V2Error(f"parameters.engine must be 'spline' or 'formula', got {engine!r}")
-        version_number = _version(version)
-    except V2Error as exc:
-        return _error(str(exc), 400)
-
+    api_key = bearer_token(request)
     max_rows = runtime.settings.predict_max_rows
 
     def to_matrix(served: ServedModel, predictor: OnnxPredictor) -> np.ndarray:
@@ -142,19 +149,26 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             raise V2Error(f"input {predictor.input_name!r}: shape must be [-1, {predictor.n_features}], "
                           f"got {list(x.shape)}")
         if x.shape[0] > max_rows:
-            raise V2Error(f"input {predictor.input_name!r}: {x.shape[0]} rows is more than the limit "
-                          f"of {max_rows} per request")
+            raise TooManyRows(f"input {predictor.input_name!r}", x.shape[0], max_rows)
         return predictor.validate(x)
 
     try:
+        # The key first, from the headers: an unauthenticated body is never read.
+        await runtime.authenticate(api_key)
+        version_number = _version(version)
+        body = await read_body(request)
+        header_length = request.headers.get(HEADER_LENGTH.lower())
+        if len(body) <= OFF_LOOP_PARSE_BYTES:
+            parsed = parse_infer_request(body, header_length)
+        else:
+            parsed = await run_in_threadpool(parse_infer_request, body, header_length)
+        engine = parsed.parameters.get("engine", "spline")
+        if engine not in ("spline", "formula"):
+            raise V2Error(f"parameters.engine must be 'spline' or 'formula', got {engine!r}")
         n_rows = max((len(x) if x.ndim else 1) for x in parsed.inputs.values())
-        result = await runtime.infer(bearer_token(request), name, version_number, engine, to_matrix, n_rows)
-    except Unauthorized as exc:
-        return _error(str(exc), 401)
-    except ModelNotFound as exc:
-        return _error(str(exc), 404)
-    except (V2Error, PredictorInputError) as exc:
-        return _error(str(exc), 400)
+        result = await runtime.infer(api_key, name, version_number, engine, to_matrix, n_rows)
+    except Exception as exc:
+        return _failure(exc)
 
     outputs = result.outputs
     if parsed.requested is not None:
@@ -171,23 +185,26 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                     headers={HEADER_LENGTH: str(header_length)})
 
 
-@router.get("/models/{name}", summary="Model metadata (latest version)")
+_MODEL_ROUTE = {"responses": error_responses(400, 401, 404, v2=True), "openapi_extra": _SECURED}
+
+
+@router.get("/models/{name}", summary="Model metadata (latest version)", **_MODEL_ROUTE)
 async def model_metadata(request: Request, name: str) -> Response:
     return await _metadata(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Model metadata")
-async def model_version_metadata(request: Request, name: str, version: str) -> Response:
+@router.get("/models/{name}/versions/{version}", summary="Model metadata", **_MODEL_ROUTE)
+async def model_version_metadata(request: Request, name: str, version: VersionText) -> Response:
     return await _metadata(request, name, version)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (latest version)")
+@router.get("/models/{name}/ready", summary="Model readiness (latest version)", **_MODEL_ROUTE)
 async def model_ready(request: Request, name: str) -> Response:
     return await _ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness")
-async def model_version_ready(request: Request, name: str, version: str) -> Response:
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness", **_MODEL_ROUTE)
+async def model_version_ready(request: Request, name: str, version: VersionText) -> Response:
     return await _ready(request, name, version)
 
 
@@ -195,12 +212,16 @@ async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-async def infer_version(request: Request, name: str, version: str) -> Response:
+async def infer_version(request: Request, name: str, version: VersionText) -> Response:
     return await _infer(request, name, version)
 
 
+_INFER_ROUTE = {
+    "methods": ["POST"], "route_class_override": DirectRoute,
+    "responses": error_responses(400, 401, 404, 413, v2=True),
+    "openapi_extra": {**_SECURED, **json_body(V2InferRequest)},
+}
 # DirectRoutes (see direct_route.py): the body is parsed by parse_infer_request.
-router.add_api_route("/models/{name}/infer", infer, methods=["POST"], summary="Inference (latest version)",
-                     route_class_override=DirectRoute)
-router.add_api_route("/models/{name}/versions/{version}/infer", infer_version, methods=["POST"],
-                     summary="Inference", route_class_override=DirectRoute)
+router.add_api_route("/models/{name}/infer", infer, summary="Inference (latest version)", **_INFER_ROUTE)
+router.add_api_route("/models/{name}/versions/{version}/infer", infer_version, summary="Inference",
+                     **_INFER_ROUTE)

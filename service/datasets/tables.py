@@ -45,6 +45,8 @@ def _number(cell: object, where: str, column: str) -> float:
         value = float(cell.strip() if isinstance(cell, str) else cell)
     except (TypeError, ValueError):
         raise TableError(f"{where}, column '{column}': {cell!r} is not a number") from None
+    except OverflowError:  # a JSON integer literal beyond the float range
+        raise TableError(f"{where}, column '{column}': the integer is beyond the float64 range") from None
     if not math.isfinite(value):
         raise TableError(f"{where}, column '{column}': {cell!r} is not finite (NaN and infinity are rejected)")
     return value

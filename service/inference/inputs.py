@@ -18,7 +18,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class InputError(ValueError):
-    """A request's inputs do not fit the model; the message is shown to the client."""
+    """A request's inputs do not fit the model: `field` names the request's field,
+    `problem` says what is wrong (both shown to the client)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
 
 
 def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence[str],
@@ -33,12 +38,12 @@ def columns_matrix(columns: Mapping[str, Sequence[float]], input_names: Sequence
             parts.append(f"missing column(s) {missing}")
         if unknown:
             parts.append(f"unknown column(s) {unknown}")
-        raise InputError(f"{field}: {'; '.join(parts)}; the model takes {list(input_names)}")
+        raise InputError(field, f"{'; '.join(parts)}; the model takes {list(input_names)}")
     lengths = {n: len(columns[n]) for n in input_names}
     if len(set(lengths.values())) != 1:
-        raise InputError(f"{field}: columns differ in length {lengths}")
+        raise InputError(field, f"columns differ in length {lengths}")
     if next(iter(lengths.values())) == 0:
-        raise InputError(f"{field}: empty batch, send at least one row")
+        raise InputError(field, "empty batch, send at least one row")
     ordered = [columns[n] for n in input_names]
     matrix = np.ascontiguousarray(np.asarray(ordered, dtype=np.float32).T)
     return matrix if _small_and_in_range(matrix, ordered) else _finite(matrix, field)
@@ -50,11 +55,11 @@ def rows_matrix(rows: Sequence[Sequence[float]], n_features: int, field: str = "
         matrix = np.array(rows, dtype=np.float32)
     except ValueError:  # ragged: numpy refuses an inhomogeneous shape
         widths = sorted({len(row) for row in rows})
-        raise InputError(f"{field}: rows must all have {n_features} values, got rows of {widths} values") from None
+        raise InputError(field, f"rows must all have {n_features} values, got rows of {widths} values") from None
     if matrix.ndim != 2 or matrix.shape[0] == 0:
-        raise InputError(f"{field}: empty batch, send at least one row")
+        raise InputError(field, "empty batch, send at least one row")
     if matrix.shape[1] != n_features:
-        raise InputError(f"{field}: expected {n_features} features per row, got {matrix.shape[1]}")
+        raise InputError(field, f"expected {n_features} features per row, got {matrix.shape[1]}")
     return matrix if _small_and_in_range(matrix, rows) else _finite(matrix, field)
 
 
@@ -72,7 +77,7 @@ def _finite(matrix: np.ndarray, field: str) -> np.ndarray:
     finite = np.isfinite(matrix)
     if not finite.all():
         row, col = np.argwhere(~finite)[0]
-        raise InputError(f"{field}: row {row}, input {col} is not a finite float32 number")
+        raise InputError(field, f"row {row}, input {col} is not a finite float32 number")
     return matrix
 
 

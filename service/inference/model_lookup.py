@@ -22,6 +22,10 @@ from service.inference.session_cache import CacheKey
 ENGINE_ARTIFACT = {"spline": "onnx", "formula": "formula_onnx"}
 
 
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
+BAD_KEY = "invalid or revoked API key"
+
+
 class Unauthorized(PermissionError):
     """Missing, unknown or revoked API key."""
 
@@ -56,7 +60,7 @@ def find_served_model(conn: sa.Connection, api_key: str | None, name: str, versi
     """The version `version` of `name` (latest when None) owned by the caller's key.
     Another key's model is reported as not found, like a missing one."""
     if not api_key:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        raise Unauthorized(MISSING_KEY)
     kind = ENGINE_ARTIFACT[engine]
     key_hash = hash_key(api_key)
     query = (
@@ -70,10 +74,8 @@ def find_served_model(conn: sa.Connection, api_key: str | None, name: str, versi
     row = conn.execute(query.order_by(ModelVersion.version.desc()).limit(1)).first()
     if row is None:
         # Only the failure path pays for telling a bad key from a missing model.
-        key_ok = conn.execute(sa.select(ApiKey.id).where(
-            ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
-        if key_ok is None:
-            raise Unauthorized("invalid or revoked API key")
+        if not key_is_active(conn, key_hash):
+            raise Unauthorized(BAD_KEY)
         if version is None:
             raise ModelNotFound(f"model {name!r} not found")
         raise ModelNotFound(f"model {name!r} has no version {version}")
@@ -81,6 +83,11 @@ def find_served_model(conn: sa.Connection, api_key: str | None, name: str, versi
         raise ModelNotFound(f"model {name!r} version {row.version} has no {engine} graph"
                             + (" (no formula was extracted for it)" if engine == "formula" else ""))
     return _served(row, engine, kind, row.sha256)
+
+
+def key_is_active(conn: sa.Connection, key_hash: str) -> bool:
+    return conn.execute(sa.select(ApiKey.id).where(
+        ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first() is not None
 
 
 def list_versions(conn: sa.Connection, api_key: str, name: str) -> list[int]:

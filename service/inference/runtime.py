@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 import sqlalchemy as sa
 
-from service.auth import hash_key
+from service.auth import hash_key, revocations
 from service.inference.batcher import MicroBatcher
 from service.inference.lookup_cache import LookupCache
-from service.inference.model_lookup import (ServedModel, find_served_model, read_artifact,
-                                            recent_served_models)
+from service.inference.model_lookup import (BAD_KEY, MISSING_KEY, ServedModel, Unauthorized, find_served_model,
+                                            key_is_active, read_artifact, recent_served_models)
 from service.inference.onnx_predictor import OnnxPredictor
 from service.inference.session_cache import CacheKey, OnnxSessionCache
 from service.inference.settings import ServingSettings
@@ -70,6 +70,8 @@ class InferenceRuntime:
         self._on_batch = on_batch
         self._batchers: dict[CacheKey, MicroBatcher] = {}
         self._lookups: LookupCache[tuple[ServedModel, np.ndarray | None]] = LookupCache(settings.model_lookup_ttl_s)
+        self._active_keys: LookupCache[bool] = LookupCache(settings.model_lookup_ttl_s)  # key hash -> True
+        self._revocations_seen = revocations()
         self._resolving: dict[tuple, asyncio.Future] = {}
 
     # -- blocking parts, run on the pool ------------------------------------------------
@@ -90,8 +92,24 @@ class InferenceRuntime:
         self._lookups.put(_lookup_key(api_key, name, version, engine), (served, ranges))
         return served, predictor, ranges
 
+    def _check_key(self, key_hash: str) -> None:
+        with self.db.connect() as conn:
+            if not key_is_active(conn, key_hash):
+                raise Unauthorized(BAD_KEY)
+        self._active_keys.put(key_hash, True)
+
+    def _forget_if_revoked(self) -> None:
+        """Clear the remembered key checks and lookups when this process revoked a key
+        since the last call (auth.revocations())."""
+        count = revocations()
+        if count != self._revocations_seen:
+            self._active_keys.clear()
+            self._lookups.clear()
+            self._revocations_seen = count
+
     def recent(self, api_key, name, version, engine):
         """(served, predictor, ranges) when both the lookup and the session are cached."""
+        self._forget_if_revoked()
         hit = self._lookups.get(_lookup_key(api_key, name, version, engine))
         if hit is None:
             return None
@@ -116,6 +134,17 @@ class InferenceRuntime:
     async def call(self, fn, *args):
         """Run a blocking function on the inference pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
+
+    async def authenticate(self, api_key: str | None) -> None:
+        """Raises Unauthorized unless `api_key` is active. From the headers alone, before a
+        route reads its body: an unauthenticated request costs no body read or parse.
+        A valid key is remembered for model_lookup_ttl_s, as the lookups are."""
+        if not api_key:
+            raise Unauthorized(MISSING_KEY)
+        self._forget_if_revoked()
+        key_hash = hash_key(api_key)
+        if self._active_keys.get(key_hash) is None:
+            await self.call(self._check_key, key_hash)
 
     async def infer(self, api_key: str | None, name: str, version: int | None, engine: str,
                     to_matrix: ToMatrix, n_rows: int) -> Inference:
