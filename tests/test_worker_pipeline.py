@@ -233,7 +233,8 @@ def assert_killed_and_reaped(caplog) -> None:
 def test_formula_search_past_its_time_budget_is_killed_and_the_model_still_registers(api, caplog):
     caplog.set_level(logging.INFO, logger=symbolic_runner.log.name)
     spec = copy.deepcopy(SPEC)
-    spec["symbolic"] = {"enabled": True, "time_budget_seconds": 0.3}  # less than the child needs to start
+    # less than the child needs to start
+    spec["symbolic"] = {"enabled": True, "mode": "network", "time_budget_seconds": 0.3}
     job_id = submit(api, spec)
     assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded"
     assert_killed_and_reaped(caplog)
@@ -247,23 +248,23 @@ def test_formula_search_past_its_time_budget_is_killed_and_the_model_still_regis
 def test_cancel_during_formula_search_kills_the_search_and_ends_without_a_model(api, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger=symbolic_runner.log.name)
     spec = copy.deepcopy(SPEC)
-    spec["symbolic"] = {"enabled": True, "time_budget_seconds": 120}
+    spec["symbolic"] = {"enabled": True, "mode": "network", "time_budget_seconds": 120}
     job_id = submit(api, spec)
     searches = []
-    real_extract = outputs.extract_in_subprocess
+    real_extract = outputs.search_in_subprocess
 
-    def cancel_then_extract(request, should_stop):
+    def cancel_then_extract(request, should_stop, on_progress=None):
         # Cancelled over the API as the search starts: the child cannot finish importing
         # torch before the runner sees the cancel, so a result here means it was waited for.
         searches.append({"phase": api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["phase"]})
         assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         try:
-            searches[-1]["result"] = real_extract(request, should_stop)
+            searches[-1]["result"] = real_extract(request, should_stop, on_progress)
         except symbolic_runner.SymbolicStopped as exc:
             searches[-1]["stopped"] = str(exc)
             raise
 
-    monkeypatch.setattr(outputs, "extract_in_subprocess", cancel_then_extract)
+    monkeypatch.setattr(outputs, "search_in_subprocess", cancel_then_extract)
     assert run_job(job_id, api.session_factory, api.settings, "w1") == "cancelled"
     [search] = searches
     assert search["phase"] == "symbolic" and "result" not in search

@@ -17,7 +17,8 @@ from kanmodel.export import formula_to_onnx, to_onnx
 from kanmodel.plots import plot_loss, plot_network
 from service.schemas.jobspec import JobSpec
 from service.schemas.resources import FormulaOut
-from workers.symbolic_runner import ExtractedFormula, SymbolicRequest, SymbolicStopped, extract_in_subprocess
+from workers.finite import finite_or_none
+from workers.symbolic_runner import ExtractedFormula, SymbolicRequest, SymbolicStopped, search_in_subprocess
 from workers.training_data import TrainingData
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,12 @@ class Outputs:
     formulas: list[ExtractedFormula] = field(default_factory=list)  # one per output
     artifacts: list[ArtifactBlob] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    discovery: dict | None = None  # discover mode: how the formula was found (space, width, attempts...)
 
     def formula_rows(self, output_names: list[str]) -> list[FormulaOut]:
         return [FormulaOut(output_index=i, output_name=output_names[i], expression=f.text, latex=f.latex,
-                           r2=_number(f.r2), rmse=_number(f.rmse))
+                           r2=finite_or_none(f.r2), rmse=finite_or_none(f.rmse), exact=f.exact)
                 for i, f in enumerate(self.formulas)]
-
-
-def _number(value) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
 
 
 def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,19 +61,26 @@ def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarr
 
 class OutputBuilder:
     def __init__(self, spec: JobSpec, data: TrainingData, set_phase: Callable[[str], None],
-                 should_stop: Callable[[], bool]):
+                 should_stop: Callable[[], bool], on_discovery: Callable[[dict], None] | None = None):
         self.spec, self.data, self.set_phase, self.should_stop = spec, data, set_phase, should_stop
+        self.on_discovery = on_discovery
 
     def build(self, model: kanmodel.KAN) -> Outputs:
-        """Prune and extract formulas (the slow, version-independent part)."""
+        """Prune and extract or discover formulas (the slow, version-independent part)."""
         outputs = Outputs(model=model)
         spec = self.spec
-        if spec.symbolic.enabled and spec.symbolic.prune:
+        if not spec.symbolic.enabled:
+            return outputs
+        if spec.symbolic_mode == "discover":
+            self.set_phase("discovery")
+            self._search(outputs, self._discover_request())
+            return outputs
+        if spec.symbolic.prune:
             self._step(outputs, "prune", lambda: self._prune(outputs))
-        if spec.symbolic.enabled and spec.task == "regression":
+        if spec.task == "regression":
             self.set_phase("symbolic")
-            self._symbolic(outputs)
-        elif spec.symbolic.enabled:
+            self._search(outputs, self._network_request(outputs))
+        else:
             outputs.notes.append("symbolic extraction skipped: it is implemented for regression only")
         return outputs
 
@@ -102,20 +107,37 @@ class OutputBuilder:
     def _prune(self, outputs: Outputs) -> None:
         outputs.model = kanmodel.prune(outputs.model, self.data.X, threshold=self.spec.symbolic.prune_threshold)
 
-    def _symbolic(self, outputs: Outputs) -> None:
+    def _network_request(self, outputs: Outputs) -> SymbolicRequest:
         data, train = self.data, self.spec.train
         fit_rows, val_rows = held_out_rows(len(data.X), train.val_fraction, train.seed)
         if len(val_rows) == 0:
             val_rows = fit_rows
             outputs.notes.append("formula R2/RMSE are measured on the training rows (val_fraction is 0)")
-        request = SymbolicRequest(
+        return SymbolicRequest(
             model_blob=kanmodel.to_bytes(outputs.model), X_fit=data.X[fit_rows], y_fit=data.y[fit_rows],
             X_val=data.X[val_rows], y_val=data.y[val_rows], library=self.spec.symbolic.library,
             variables=data.input_names, time_budget=self.spec.symbolic.time_budget_seconds)
+
+    def _discover_request(self) -> SymbolicRequest:
+        """discover sees every row and holds out its own (seeded by train.seed), so the job's
+        formula is the one ``kanmodel.discover(X, y, variables, seed=...)`` finds."""
+        data, spec = self.data, self.spec
+        empty = np.empty((0, data.X.shape[1]))
+        return SymbolicRequest(
+            model_blob=None, X_fit=data.X, y_fit=data.y, X_val=empty, y_val=np.empty((0, data.y.shape[1])),
+            library=spec.symbolic.library, variables=data.input_names,
+            time_budget=spec.symbolic.time_budget_seconds, mode="discover", seed=spec.train.seed,
+            first_width=spec.given_width)
+
+    def _search(self, outputs: Outputs, request: SymbolicRequest) -> None:
         try:
-            outputs.formulas = extract_in_subprocess(request, self.should_stop)
+            result = search_in_subprocess(request, self.should_stop, self.on_discovery)
         except SymbolicStopped as exc:
             outputs.notes.append(str(exc))
+            return
+        outputs.formulas = result.formulas
+        if request.mode == "discover":
+            outputs.discovery = result.summary
 
     def _export(self, outputs: Outputs, version: int) -> None:
         names = dict(name=self.spec.name, version=version, output_names=self.data.output_names)

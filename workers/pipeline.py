@@ -1,16 +1,16 @@
 """One training job from claim to registered model: a plain function, no Celery in sight.
 
-``run_job`` claims the job, loads its data, trains through the grid schedule (resuming
-from the newest checkpoint if an earlier attempt died), writes progress and one
-checkpoint per grid stage, then extracts formulas, exports, plots and registers the
-model version. Every way it can end is written to the job row.
+``run_job`` claims the job, loads its data, trains a network (a given width through the
+grid schedule, with one checkpoint per grid stage, resuming from the newest checkpoint if
+an earlier attempt died; or, with no width, the architecture ``kanmodel.auto_fit``
+chooses by validation error), writes progress, then discovers or extracts formulas,
+exports, plots and registers the model version. Every way it can end is written to the
+job row.
 """
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,12 +20,15 @@ from service.config import Settings
 from service.datasets.formula_data import DataError
 from service.db.models import Job
 from service.schemas.jobspec import JobSpec
+from workers.architecture import choose_architecture
 from workers.checkpoints import checkpoints_newest_first, save_checkpoint
 from workers.claim import Claim, LeaseLost, claim_job, finish, release
+from workers.finite import finite_or_none
 from workers.monitor import JobMonitor
 from workers.outputs import OutputBuilder
 from workers.progress import ProgressReporter
 from workers.registry import register_model
+from workers.trained import Resume, Trained
 from workers.training_data import TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
@@ -38,13 +41,6 @@ STOP_MESSAGES = {
 
 class JobFailed(Exception):
     """Ends the job as failed with this message (meant for the user)."""
-
-
-@dataclass
-class Resume:
-    model: kanmodel.KAN
-    start_stage: int
-    history: list[dict]
 
 
 def run_job(job_id: str, session_factory: sessionmaker[Session], settings: Settings, worker_name: str,
@@ -122,6 +118,19 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
     with session_factory() as db:
         data = load_training_data(db, owner, spec)
     resume = _resume_point(session_factory, claim, reporter)
+    if spec.auto_architecture:
+        trained = choose_architecture(claim, spec, data, device, session_factory, reporter, resume)
+    else:
+        trained = _train_given_width(claim, spec, data, device, session_factory, reporter, resume)
+    stopped = _honour_stop(claim, session_factory, settings, monitor, reporter)
+    if stopped:
+        return stopped
+    return _register(claim, owner, spec, data, trained, session_factory, settings, reporter)
+
+
+def _train_given_width(claim: Claim, spec: JobSpec, data: TrainingData, device: torch.device, session_factory,
+                       reporter: ProgressReporter, resume: Resume | None) -> Trained:
+    """fit through the grid schedule, one checkpoint per stage, resuming after the last one."""
     if resume is None:
         model = kanmodel.KAN(width=spec.model.width, grid=spec.train.grid_schedule[0], k=spec.model.k,
                              seed=spec.model.seed, task=spec.task)
@@ -151,10 +160,9 @@ def _run_claimed(claim: Claim, owner: str, spec: JobSpec, session_factory, setti
             lamb=train.lamb, lamb_l1=train.lamb_l1, lamb_entropy=train.lamb_entropy,
             val_fraction=train.val_fraction, patience=train.patience, seed=train.seed,
             callback=reporter.on_step, on_stage_end=on_stage_end, start_stage=start_stage)
-    stopped = _honour_stop(claim, session_factory, settings, monitor, reporter)
-    if stopped:
-        return stopped
-    return _register(claim, owner, spec, data, model.cpu(), result, session_factory, settings, reporter)
+    final = reporter.history[-1] if reporter.history else {}
+    return Trained(model.cpu(), result.train_loss if result else final.get("train_loss"),
+                   result.val_loss if result else final.get("val_loss"), final.get("step"))
 
 
 def _honour_stop(claim: Claim, session_factory, settings: Settings, monitor: JobMonitor,
@@ -174,24 +182,28 @@ def _honour_stop(claim: Claim, session_factory, settings: Settings, monitor: Job
     return None
 
 
-def _register(claim: Claim, owner: str, spec: JobSpec, data: TrainingData, model: kanmodel.KAN, result,
-              session_factory, settings: Settings, reporter: ProgressReporter) -> str:
+def _register(claim: Claim, owner: str, spec: JobSpec, data: TrainingData, trained: Trained, session_factory,
+              settings: Settings, reporter: ProgressReporter) -> str:
     builder = OutputBuilder(spec, data, lambda phase: reporter.set_phase(phase),
-                            should_stop=lambda: reporter.monitor.should_stop)
-    outputs = builder.build(model)
+                            should_stop=lambda: reporter.monitor.should_stop, on_discovery=reporter.on_discovery)
+    outputs = builder.build(trained.model)
     # A cancel or the time limit during formula search ends the job here, not with a model.
     stopped = _honour_stop(claim, session_factory, settings, reporter.monitor, reporter)
     if stopped:
         return stopped
     history = reporter.history
-    final = history[-1] if history else {}
+    model = outputs.model
     metrics = {
         "loss": "cross_entropy" if spec.task == "classification" else "rmse",
-        "train_loss": _clean(result.train_loss if result else final.get("train_loss")),
-        "val_loss": _clean(result.val_loss if result else final.get("val_loss")),
-        "n_rows": int(len(data.X)), "grid": model.grid_size, "steps": final.get("step"),
+        "train_loss": finite_or_none(trained.train_loss), "val_loss": finite_or_none(trained.val_loss),
+        "n_rows": int(len(data.X)), "grid": model.grid_size, "steps": trained.steps,
+        "symbolic_mode": spec.symbolic_mode if spec.symbolic.enabled else None,
         "notes": outputs.notes,
     }
+    if trained.architecture is not None:
+        metrics["architecture"] = trained.architecture
+    if outputs.discovery is not None:
+        metrics["discovery"] = outputs.discovery
     reporter.set_phase("registering")
     earlier_notes = list(reporter.progress.get("notes", []))
     progress = {**reporter.progress, "phase": "done", "eta_seconds": 0}
@@ -208,7 +220,3 @@ def _register(claim: Claim, owner: str, spec: JobSpec, data: TrainingData, model
     register_model(session_factory, claim, owner, spec.name, describe, outputs.formula_rows(data.output_names),
                    artifacts_for, progress)
     return "succeeded"
-
-
-def _clean(value) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None

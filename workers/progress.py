@@ -2,11 +2,13 @@
 every ``interval`` seconds (and at every phase change), with an ETA."""
 from __future__ import annotations
 
+import numbers
 import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.claim import Claim, guarded_update
+from workers.finite import finite_or_none
 from workers.monitor import JobMonitor
 
 MAX_STORED_HISTORY = 2_000
@@ -31,11 +33,34 @@ class ProgressReporter:
         done = p.step - self._first_step
         eta = (time.monotonic() - self._run_started) / done * (p.total_steps - p.step) if done > 0 else None
         self.progress.update(phase="training", stage=p.stage, n_stages=p.n_stages, grid=p.grid, step=p.step,
-                             total_steps=p.total_steps, train_loss=_finite(p.train_loss),
-                             val_loss=_finite(p.val_loss), eta_seconds=None if eta is None else round(eta, 2))
+                             total_steps=p.total_steps, train_loss=finite_or_none(p.train_loss),
+                             val_loss=finite_or_none(p.val_loss), eta_seconds=None if eta is None else round(eta, 2))
         if time.monotonic() - self._last_write >= self.interval:
             self.write()
         return self.monitor.should_stop
+
+    def on_discovery(self, event: dict) -> None:
+        """kanmodel.discover's progress(event): an attempt started ("attempt") or ended ("result")."""
+        best_formulas = event.get("best_formulas") or []
+        shown = {"attempt": event.get("attempt"), "kind": event.get("kind"), "width": event.get("width"),
+                 "space": event.get("space"), "best_error": finite_or_none(event.get("best_error")),
+                 "best_formula": best_formulas[0] if len(best_formulas) == 1 else (best_formulas or None),
+                 "elapsed_seconds": _rounded(event.get("elapsed"))}
+        if event.get("event") == "result":
+            shown["last_error"] = finite_or_none(event.get("score"))
+        self.progress.update(phase="discovery", discovery=shown)
+        # Attempts take seconds to minutes: every start is worth a write.
+        if event.get("event") == "attempt" or time.monotonic() - self._last_write >= self.interval:
+            self.write()
+
+    def on_candidate(self, event) -> None:
+        """kanmodel.auto_fit's progress(event): one architecture candidate was scored."""
+        entry = json_ready(event if isinstance(event, dict) else getattr(event, "__dict__", {"event": str(event)}))
+        seen = self.progress.get("architecture") or {}
+        self.progress.update(phase="architecture", architecture={
+            "candidates_scored": int(seen.get("candidates_scored", 0)) + 1, "latest": entry})
+        if time.monotonic() - self._last_write >= self.interval:
+            self.write()
 
     def set_phase(self, phase: str, **fields) -> None:
         self.progress.update(phase=phase, **fields)
@@ -56,12 +81,26 @@ class ProgressReporter:
         thinned = self.history[::stride]
         if self.history and thinned[-1] is not self.history[-1]:
             thinned.append(self.history[-1])
-        return [{key: _finite(value) if isinstance(value, float) else value for key, value in entry.items()}
+        return [{key: finite_or_none(value) if isinstance(value, float) else value for key, value in entry.items()}
                 for entry in thinned]
 
 
-def _finite(value: float | None) -> float | None:
-    # JSON columns cannot hold NaN/inf on PostgreSQL.
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return float(value)
+def _rounded(value) -> float | None:
+    value = finite_or_none(value)
+    return None if value is None else round(value, 2)
+
+
+def json_ready(value):
+    """value with its numbers made JSON-safe (numpy scalars to Python, NaN/inf to None)."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    try:
+        return finite_or_none(float(value))
+    except (TypeError, ValueError):
+        return str(value)

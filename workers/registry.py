@@ -47,7 +47,8 @@ def register_model(session_factory: sessionmaker[Session], claim: Claim, owner_k
             model.artifacts = [Artifact(kind=a.kind, media_type=a.media_type, filename=a.filename, data=a.data,
                                         sha256=a.sha256, size_bytes=len(a.data)) for a in artifacts]
             model.formulas = [FormulaRow(output_index=f.output_index, output_name=f.output_name,
-                                         expression=f.expression, latex=f.latex, r2=f.r2, rmse=f.rmse)
+                                         expression=f.expression, latex=f.latex, r2=f.r2, rmse=f.rmse,
+                                         exact=f.exact)
                               for f in formulas]
             db.add(model)
             try:

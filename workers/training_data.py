@@ -24,7 +24,9 @@ class TrainingData:
 def load_training_data(db: Session, owner_key_id: str, spec: JobSpec) -> TrainingData:
     data = _load(db, owner_key_id, spec)
     if spec.task == "classification":
-        return TrainingData(data.X, data.y, data.input_names, spec.output_names_for_classes)
+        # A given width fixes the classes; otherwise they are 0 .. the largest label.
+        n_classes = spec.given_width[-1] if spec.given_width else int(data.y[:, 0].max()) + 1
+        return TrainingData(data.X, data.y, data.input_names, spec.class_output_names(n_classes))
     return data
 
 

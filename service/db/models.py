@@ -171,5 +171,7 @@ class FormulaRow(Base):
     latex: Mapped[str] = mapped_column(sa.Text)
     r2: Mapped[float | None] = mapped_column(sa.Float, default=None)
     rmse: Mapped[float | None] = mapped_column(sa.Float, default=None)
+    # Held-out RMSE / std(target) <= 1e-7; None where it was not measured.
+    exact: Mapped[bool | None] = mapped_column(sa.Boolean, default=None)
 
     model: Mapped[ModelVersion] = relationship(back_populates="formulas")

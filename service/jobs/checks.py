@@ -37,11 +37,11 @@ class DataShape:
 def check_limits(spec: JobSpec, settings: Settings) -> list[Problem]:
     problems = []
     schedule = spec.train.grid_schedule
-    if spec.model.grid is not None and spec.model.grid != schedule[0]:
+    if spec.model is not None and spec.model.grid is not None and spec.model.grid != schedule[0]:
         problems.append(Problem(("model", "grid"),
                                 f"model.grid is {spec.model.grid} but train.grid_schedule starts at {schedule[0]}; "
                                 "the first stage uses the first grid (leave model.grid out)"))
-    for index, size in enumerate(spec.model.width):
+    for index, size in enumerate(spec.given_width or []):
         if size > settings.max_layer_width:
             problems.append(Problem(("model", "width", index),
                                     f"layer width {size} is above the limit of {settings.max_layer_width}"))
@@ -102,8 +102,23 @@ def resolve_shape(spec: JobSpec, dataset: Dataset | None) -> tuple[DataShape | N
 
 
 def check_shape(spec: JobSpec, shape: DataShape) -> list[Problem]:
+    width = spec.given_width
+    if width is not None:
+        problems = _check_width(spec, width, shape)
+    elif spec.task == "classification":
+        problems = _check_labels(None, spec.class_names, shape)
+    else:
+        problems = []
+    n_val = int(round(shape.n_rows * spec.train.val_fraction))
+    if shape.n_rows - n_val < 2:
+        problems.append(Problem(("train", "val_fraction"),
+                                f"{shape.n_rows} rows with val_fraction {spec.train.val_fraction} leave fewer "
+                                "than 2 training rows"))
+    return problems
+
+
+def _check_width(spec: JobSpec, width: list[int], shape: DataShape) -> list[Problem]:
     problems = []
-    width = spec.model.width
     if width[0] != len(shape.input_names):
         problems.append(Problem(("model", "width", 0),
                                 f"model.width[0] is {width[0]} but the data has {len(shape.input_names)} input "
@@ -115,19 +130,18 @@ def check_shape(spec: JobSpec, shape: DataShape) -> list[Problem]:
                                     f"target column(s) {shape.output_names}"))
     else:
         problems.extend(_check_labels(width[-1], spec.class_names, shape))
-    n_val = int(round(shape.n_rows * spec.train.val_fraction))
-    if shape.n_rows - n_val < 2:
-        problems.append(Problem(("train", "val_fraction"),
-                                f"{shape.n_rows} rows with val_fraction {spec.train.val_fraction} leave fewer "
-                                "than 2 training rows"))
     return problems
 
 
-def _check_labels(n_classes: int, class_names: list[str] | None, shape: DataShape) -> list[Problem]:
+def _check_labels(n_classes: int | None, class_names: list[str] | None, shape: DataShape) -> list[Problem]:
+    """n_classes: model.width[-1], or None when the job chooses the architecture (then the
+    classes are 0 .. the largest label)."""
     last = ("model", "width")
     if len(shape.output_names) != 1:
         return [Problem(("data",), f"classification needs one target column of class indices, "
                                    f"got {len(shape.output_names)}")]
+    if n_classes is None:
+        return _check_inferred_labels(class_names, shape)
     if n_classes < 2:
         return [Problem(last, "classification needs model.width[-1] >= 2 (one output per class)")]
     if class_names is not None and len(class_names) != n_classes:
@@ -137,4 +151,18 @@ def _check_labels(n_classes: int, class_names: list[str] | None, shape: DataShap
     if bad.size:
         return [Problem(("data",), f"class labels must be integers in [0, {n_classes - 1}] "
                                    f"(model.width[-1] = {n_classes} classes); row {bad[0]} has {labels[bad[0]]:g}")]
+    return []
+
+
+def _check_inferred_labels(class_names: list[str] | None, shape: DataShape) -> list[Problem]:
+    labels = shape.targets[:, 0] if shape.targets is not None else np.empty(0)
+    bad = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
+    if bad.size:
+        return [Problem(("data",), f"class labels must be integers 0, 1, ...; row {bad[0]} has {labels[bad[0]]:g}")]
+    n_classes = int(labels.max()) + 1 if labels.size else 0
+    if n_classes < 2:
+        return [Problem(("data",), "classification needs at least 2 classes (labels 0 and 1 at least)")]
+    if class_names is not None and len(class_names) != n_classes:
+        return [Problem(("class_names",), f"{len(class_names)} class_names for the {n_classes} classes of the labels "
+                                          f"(0 to {n_classes - 1})")]
     return []

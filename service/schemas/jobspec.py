@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
 
 from service.formula_grammar import FormulaError, parse_formula
 
@@ -127,10 +127,29 @@ DataSource = Annotated[
 ]
 
 
+def _auto_is_none(value: Any) -> Any:
+    return None if value == "auto" else value
+
+
+# "auto" travels as None inside the service (a nullable list keeps error locations like
+# model.width.0 free of union branch names) and is written back as "auto".
+Width = Annotated[
+    Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2)] | None,
+    BeforeValidator(_auto_is_none),
+    PlainSerializer(lambda width: "auto" if width is None else width),
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2},
+                              {"const": "auto"}],
+                    "title": "Width", "default": "auto", "examples": [[2, 5, 1], "auto"]}),
+]
+
+
 class ModelSpec(StrictModel):
-    width: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, examples=[[2, 5, 1]])
+    width: Width = Field(
+        "auto", validate_default=True, description="Layer widths [inputs, hidden..., outputs], or \"auto\" (the default): the job chooses "
+                          "width, depth, grid schedule and regularisation by validation error within "
+                          "train.time_budget_seconds.")
     grid: int | None = Field(None, ge=1, description="Default and required value: train.grid_schedule[0].")
-    k: int = Field(3, ge=1, le=5)
+    k: int = Field(3, ge=1, le=5, description="Spline order (a given width only).")
     seed: Seed = 0
 
 
@@ -146,6 +165,10 @@ class TrainSpec(StrictModel):
     val_fraction: FiniteFloat = Field(0.2, ge=0, lt=0.9)
     patience: int | None = Field(None, ge=1)
     seed: Seed = 0
+    time_budget_seconds: FiniteFloat = Field(
+        120.0, gt=0, le=3600,
+        description="Seconds the automatic architecture search may take (model omitted or model.width \"auto\"): "
+                    "when it runs out, the best candidate so far is kept. A given width trains its full schedule.")
 
     @field_validator("grid_schedule")
     @classmethod
@@ -170,14 +193,22 @@ SYMBOLIC_FUNCTIONS: tuple[str, ...] = (
 
 class SymbolicSpec(StrictModel):
     enabled: bool = True
-    prune: bool = False
+    mode: Literal["discover", "network"] | None = Field(
+        None, description="\"discover\" (the default for regression): formula discovery searches network shapes "
+                          "and spaces (raw, log) itself and returns the most compact formula that fits the held-out "
+                          "rows; a given model.width is its first candidate. \"network\" (the default and only "
+                          "mode for classification): the trained network's edges are snapped to library "
+                          "functions.")
+    prune: bool = Field(False, description="network mode: prune the trained network before extraction.")
     prune_threshold: FiniteFloat = Field(0.01, ge=0)
     library: list[str] | None = Field(
         None, min_length=1, max_length=50, examples=[["x", "x^2", "sin", "exp"]],
         description=f"Functions an edge may be snapped to (default: all of {list(SYMBOLIC_FUNCTIONS)}).")
     time_budget_seconds: FiniteFloat = Field(
-        120.0, gt=0, le=3600,
-        description="Seconds formula extraction may take; past it the model is registered without a formula.")
+        180.0, gt=0, le=3600,
+        description="Seconds formula search may take. discover mode returns the best formula found so far when "
+                    "it runs out; past the budget plus a grace period (or in network mode, past the budget) the "
+                    "search is stopped and the model is registered without a formula.")
 
     @field_validator("library")
     @classmethod
@@ -196,10 +227,14 @@ class ExportSpec(StrictModel):
 
 
 class JobSpec(StrictModel):
+    """The smallest job is ``{"name": ..., "data": ...}`` (plus ``"task": "classification"``): the
+    architecture is chosen by validation error and, for regression, the formula is discovered."""
+
     name: Name = Field(examples=["hellokan"])
     task: Literal["regression", "classification"] = "regression"
     data: DataSource
-    model: ModelSpec
+    model: ModelSpec | None = Field(
+        None, description="Omitted (or width \"auto\"): the architecture is chosen automatically.")
     train: TrainSpec = TrainSpec()
     symbolic: SymbolicSpec = SymbolicSpec()
     export: ExportSpec = ExportSpec()
@@ -214,10 +249,42 @@ class JobSpec(StrictModel):
             raise ValueError(f"class_names must be distinct, got {names}")
         return names
 
+    @field_validator("train")
+    @classmethod
+    def _auto_needs_validation_rows(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
+        model = info.data.get("model")
+        if (model is None or model.width is None) and train.val_fraction == 0:
+            raise ValueError("train.val_fraction must be above 0 when the architecture is chosen automatically "
+                             "(it is chosen by validation error); give model.width to train without validation rows")
+        return train
+
+    @field_validator("symbolic")
+    @classmethod
+    def _discover_is_for_regression(cls, symbolic: SymbolicSpec, info: ValidationInfo) -> SymbolicSpec:
+        if info.data.get("task") == "classification" and symbolic.mode == "discover":
+            raise ValueError("symbolic.mode 'discover' is for regression; classification jobs use 'network'")
+        return symbolic
+
     @property
-    def output_names_for_classes(self) -> list[str]:
+    def given_width(self) -> list[int] | None:
+        """The width the user chose; None when the job chooses the architecture."""
+        return None if self.model is None else self.model.width
+
+    @property
+    def auto_architecture(self) -> bool:
+        return self.given_width is None
+
+    @property
+    def symbolic_mode(self) -> str:
+        return self.symbolic.mode or ("discover" if self.task == "regression" else "network")
+
+    @property
+    def model_seed(self) -> int:
+        return 0 if self.model is None else self.model.seed
+
+    def class_output_names(self, n_classes: int) -> list[str]:
         """Classification: the model's outputs are one logit per class, named by class."""
-        return self.class_names or [str(k) for k in range(self.model.width[-1])]
+        return self.class_names or [str(k) for k in range(n_classes)]
 
     @property
     def queue(self) -> str:

@@ -26,7 +26,8 @@ class DatasetOut(BaseModel):
 
 
 class Progress(BaseModel):
-    phase: str | None = Field(None, description="queued, training, symbolic, export, plots, registering, done")
+    phase: str | None = Field(
+        None, description="queued, architecture, training, discovery, symbolic, export, plots, registering, done")
     stage: int | None = None
     n_stages: int | None = None
     grid: int | None = None
@@ -38,6 +39,12 @@ class Progress(BaseModel):
     checkpoints: int = 0
     resumed_from_stage: int | None = None
     device: str | None = Field(None, description="Where the job trains: cpu or cuda.")
+    architecture: dict[str, Any] | None = Field(
+        None, description="Automatic architecture search: candidates tried so far with their validation scores, "
+                          "and the best so far.")
+    discovery: dict[str, Any] | None = Field(
+        None, description="Formula discovery: the attempt number, the shape (width) and space (raw or log) being "
+                          "tried, and the held-out relative RMSE and text of the best formula so far.")
     notes: list[str] = []
 
 
@@ -80,6 +87,9 @@ class FormulaOut(BaseModel):
     latex: str
     r2: float | None
     rmse: float | None
+    exact: bool | None = Field(
+        None, description="The formula fits the held-out rows exactly: RMSE / std(target) <= 1e-7 "
+                          "(None: not measured).")
 
 
 class ArtifactOut(BaseModel):
