@@ -6,7 +6,7 @@ every step is scored on the held-out rows and the best weights seen so far (acro
 stages, knots included) are what the run returns: a stage that does not beat the best
 of the stages before it is undone and ends the run (a finer grid that fits the
 training rows better but the held-out rows worse is overfitting), and a stage ends
-early after `patience` steps without a new best.
+early after `patience` steps without a new best of its own.
 """
 from __future__ import annotations
 
@@ -100,13 +100,15 @@ class FitOptions:
     lamb * (lamb_l1 * L1 + lamb_entropy * entropy) of the edge activations is added to
     the loss, ramped from 0 over the first lamb_warmup fraction of all steps.
     val_fraction: share of rows held out (split_rows(n, val_fraction, seed)).
-    patience: steps without a new best validation loss that end a stage
+    patience: steps without a new best validation loss in a stage that end the stage
     (None: DEFAULT_PATIENCE; 0: never end a stage early).
     """
 
     optimizer: str = "lbfgs"
     grid_schedule: list[int] | None = None
-    steps_per_grid: int = 200
+    # hellokan ([2, 5, 1], [3, 5, 10, 20], 2000 rows, 20% validation): test RMSE
+    # 0.6-1.8e-3 over seeds 0-2 with 200 steps per grid, 0.3-0.6e-3 with 400.
+    steps_per_grid: int = 400
     lr: float | None = None
     batch_size: int | None = None
     lamb: float = 0.0
@@ -499,7 +501,9 @@ class _Run:
             if grid != model.grid_size:
                 model.refine(grid, x_train_raw)
             stepper = self._stepper(train)
-            improved_in_stage, since_best = False, 0
+            # Patience counts from the stage's own best: after a refinement the
+            # validation loss may take a while to climb back to the coarser grid's.
+            improved_in_stage, stage_best, since_best = False, math.inf, 0
             for step_in_stage in range(steps_per_grid):
                 step = stage * steps_per_grid + step_in_stage + 1
                 if 0 < step_in_stage < steps_per_grid // 2 and step_in_stage % GRID_UPDATE_EVERY == 0:
@@ -515,8 +519,9 @@ class _Run:
                 if val_loss is not None:
                     if not math.isfinite(val_loss):
                         self._diverged(stage, grid, step, val_loss, "validation loss")
-                    if self.best.offer(model, val_loss, step):
-                        improved_in_stage, since_best = True, 0
+                    improved_in_stage |= self.best.offer(model, val_loss, step)
+                    if val_loss < stage_best:
+                        stage_best, since_best = val_loss, 0
                     else:
                         since_best += 1
                 progress = TrainProgress(stage, n_stages, grid, step, total_steps, train_loss, val_loss)

@@ -177,3 +177,72 @@ def test_bad_training_input_names_the_problem():
         kanmodel.fit(model, x, y, optimizer="sgd")
     with pytest.raises(ValueError, match="labels"):
         kanmodel.fit(kanmodel.KAN([2, 3], task="classification"), x, torch.full((300,), 5))
+
+
+def test_hellokan_reaches_1e_3_with_the_library_defaults():
+    # Only the documented call: default grid_eps, steps, lr, validation split and patience.
+    x_train, y_train = hellokan(2000, 0)
+    x_test, y_test = hellokan(1000, 1000)
+    model = kanmodel.KAN([2, 5, 1], grid=3)
+    kanmodel.fit(model, x_train, y_train, grid_schedule=[3, 5, 10, 20], optimizer="lbfgs")
+    assert rmse(model, x_test, y_test) <= 1e-3
+
+
+def separable_table(n_classes: int, n=240, seed=0):
+    """Classes in well-separated blobs: a perfect fit drives the cross-entropy to 0."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % n_classes
+    centres = torch.tensor([[4.0 * c, -3.0 * c] for c in range(n_classes)])
+    return centres[labels] + 0.3 * torch.randn(n, 2, generator=generator), labels
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_separable_classes_train_and_predict(optimizer, n_classes):
+    x, labels = separable_table(n_classes)
+    model = kanmodel.KAN([2, 3, n_classes], grid=3, task="classification", seed=0)
+    result = kanmodel.fit(model, x, labels, optimizer=optimizer, grid_schedule=[3, 5, 10, 20],
+                          steps_per_grid=300, lr=0.05 if optimizer == "adam" else None)
+    x_new, labels_new = separable_table(n_classes, n=100, seed=1)
+    predicted = model.predict_proba(x_new).argmax(1)
+    assert bool((predicted == labels_new).all())
+    assert result.metrics["val_accuracy"] == 1.0 and result.metrics["val_log_loss"] < 0.05
+    assert all(math.isfinite(p.abs().max().item()) for p in model.parameters())
+
+
+def test_separable_classes_train_without_a_validation_split():
+    # No validation to stop on: training stops itself once the training cross-entropy is ~0.
+    x, labels = separable_table(3)
+    model = kanmodel.KAN([2, 3], grid=3, task="classification", seed=0)
+    result = kanmodel.fit(model, x, labels, grid_schedule=[3, 5, 10, 20], val_fraction=0.0)
+    assert result.stages_completed == 4 and result.train_loss < 1e-3
+    assert bool((model.predict_proba(x).argmax(1) == labels).all())
+
+
+def test_a_finer_grid_that_validates_worse_is_not_kept():
+    # 60 noisy rows of a straight line: grid 30 can only fit the noise.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, generator=generator) * 2 - 1
+    y = x[:, 0] + 0.5 * torch.randn(60, generator=generator)
+    model = kanmodel.KAN([1, 1], grid=1, seed=0)
+    result = kanmodel.fit(model, x, y, grid_schedule=[1, 30], val_fraction=0.25)
+    assert result.early_stopped and result.best_grid == 1 and model.grid_size == 1
+    coarse_best = min(e["val_loss"] for e in result.history if e["grid"] == 1)
+    assert result.val_loss == coarse_best
+    assert min(e["val_loss"] for e in result.history if e["grid"] == 30) > coarse_best
+    val_rows = torch.from_numpy(kanmodel.split_rows(60, 0.25, 0)[1])
+    assert result.metrics["val_rmse"] == pytest.approx(rmse(model, x[val_rows], y[val_rows]), rel=1e-5)
+
+
+def test_metrics_report_r2_beside_rmse():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 3, 1], grid=5)
+    result = kanmodel.fit(model, x, y, steps_per_grid=50)
+    val_rows = torch.from_numpy(kanmodel.split_rows(len(x), 0.2, 0)[1])
+    x_val, y_val = x[val_rows], y[val_rows]
+    with torch.no_grad():
+        residual = float(((model(x_val)[:, 0] - y_val) ** 2).sum())
+    r2 = 1 - residual / float(((y_val - y_val.mean()) ** 2).sum())
+    assert result.metrics["val_r2"] == pytest.approx(r2, abs=1e-5)
+    assert result.metrics["val_rmse"] == pytest.approx(result.val_loss, rel=1e-5)
+    assert set(result.metrics) == {"train_rmse", "train_r2", "val_rmse", "val_r2"}
