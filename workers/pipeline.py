@@ -34,8 +34,8 @@ from workers.training_data import TrainingData, load_training_data
 log = logging.getLogger(__name__)
 
 STOP_MESSAGES = {
-    "timeout": "the job ran longer than the limit of {max_seconds} s; use fewer steps_per_grid or a shorter "
-               "grid_schedule",
+    "timeout": "the job ran longer than the limit of {max_seconds} s; use fewer steps_per_grid, a shorter "
+               "grid_schedule or smaller time budgets (train.time_budget_seconds, symbolic.time_budget_seconds)",
 }
 
 
