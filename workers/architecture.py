@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 import kanmodel
 from service.schemas.jobspec import JobSpec
 from workers.checkpoints import save_checkpoint
 from workers.claim import Claim
-from workers.finite import finite_or_none
 from workers.progress import ProgressReporter, json_ready
 from workers.trained import Resume, Trained
 from workers.training_data import TrainingData
@@ -26,15 +24,19 @@ log = logging.getLogger(__name__)
 def choose_architecture(claim: Claim, spec: JobSpec, data: TrainingData, device: torch.device, session_factory,
                         reporter: ProgressReporter, resume: Resume | None) -> Trained | None:
     """The chosen, trained network; None when the job was asked to stop during the search."""
-    record = (reporter.progress.get("architecture") or {}).get("chosen")
+    record = (reporter.progress.get("architecture") or {}).get("result")
     if resume is not None and record is not None:
         log.info("job %s: resuming with the architecture chosen before the restart", claim.job_id)
         reporter.progress["resumed_from_stage"] = resume.start_stage
+        reporter.history = resume.history
         return _trained(resume.model, record)
     reporter.set_phase("architecture", architecture={"candidates_scored": 0})
     train = spec.train
     targets = data.y[:, 0] if spec.task == "classification" else data.y
-    stop = lambda: reporter.monitor.should_stop  # noqa: E731
+
+    def stop() -> bool:
+        return reporter.monitor.should_stop
+
     try:
         result = kanmodel.auto_fit(data.X, targets, task=spec.task, val_fraction=train.val_fraction,
                                    seed=train.seed, time_budget=train.time_budget_seconds,
@@ -46,27 +48,22 @@ def choose_architecture(claim: Claim, spec: JobSpec, data: TrainingData, device:
     if stop():
         return None
     model = result.model.cpu()
-    record = json_ready({"config": result.config, "candidates": result.candidates, "metrics": result.metrics})
-    reporter.progress["architecture"] = {**(reporter.progress.get("architecture") or {}), "chosen": record}
+    record = json_ready({"config": result.config, "candidates": result.candidates, "metrics": result.metrics,
+                         "stopped": result.stopped})
+    # Stored with the checkpoint: a resumed job registers this model with this record.
+    reporter.progress["architecture"] = {**(reporter.progress.get("architecture") or {}), "result": record}
     reporter.progress["checkpoints"] = 1
-    save_checkpoint(session_factory, claim, 0, model.grid_size, kanmodel.to_bytes(model), [],
-                    dict(reporter.progress))
+    reporter.history = list(result.history)
+    save_checkpoint(session_factory, claim, 0, model.grid_size, kanmodel.to_bytes(model),
+                    reporter.stored_history(), dict(reporter.progress))
     return _trained(model, record)
 
 
 def _trained(model: kanmodel.KAN, record: dict) -> Trained:
-    """metrics: what auto_fit measured on its validation rows (val_loss: RMSE or cross-entropy)."""
+    """metrics: what auto_fit measured on its validation rows (val_loss: RMSE of the
+    standardised targets or cross-entropy, as fit reports it; val_r2 or val_accuracy)."""
     metrics = record.get("metrics") or {}
-    val_loss = _first(metrics, "val_loss", "val_rmse", "val_cross_entropy", "val_log_loss")
-    train_loss = _first(metrics, "train_loss", "train_rmse", "train_cross_entropy")
-    return Trained(model, train_loss, val_loss, metrics.get("steps"),
-                   architecture={"chosen": record.get("config"), "candidates": record.get("candidates"),
-                                 "validation": metrics})
-
-
-def _first(metrics: dict, *names: str) -> float | None:
-    for name in names:
-        value = metrics.get(name)
-        if isinstance(value, (int, float, np.floating)) and finite_or_none(value) is not None:
-            return float(value)
-    return None
+    config = record.get("config") or {}
+    return Trained(model, metrics.get("train_loss"), metrics.get("val_loss"), None,
+                   architecture={"chosen": config, "candidates": record.get("candidates"),
+                                 "validation": metrics, "stopped_early": record.get("stopped")})

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 import kanmodel
 from kanmodel.export import formula_to_onnx, to_onnx
@@ -49,14 +48,6 @@ class Outputs:
         return [FormulaOut(output_index=i, output_name=output_names[i], expression=f.text, latex=f.latex,
                            r2=finite_or_none(f.r2), rmse=finite_or_none(f.rmse), exact=f.exact)
                 for i, f in enumerate(self.formulas)]
-
-
-def held_out_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_rows, val_rows): the same seeded split kanmodel.fit makes, so formula
-    metrics are measured on rows the network never trained on."""
-    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(int(seed))).numpy()
-    n_val = int(round(n_rows * val_fraction))
-    return order[n_val:], order[:n_val]
 
 
 class OutputBuilder:
@@ -109,7 +100,8 @@ class OutputBuilder:
 
     def _network_request(self, outputs: Outputs) -> SymbolicRequest:
         data, train = self.data, self.spec.train
-        fit_rows, val_rows = held_out_rows(len(data.X), train.val_fraction, train.seed)
+        # The rows fit held out: formula metrics are measured on rows the network never trained on.
+        fit_rows, val_rows = kanmodel.split_rows(len(data.X), train.val_fraction, train.seed)
         if len(val_rows) == 0:
             val_rows = fit_rows
             outputs.notes.append("formula R2/RMSE are measured on the training rows (val_fraction is 0)")

@@ -53,12 +53,21 @@ class ProgressReporter:
         if event.get("event") == "attempt" or time.monotonic() - self._last_write >= self.interval:
             self.write()
 
-    def on_candidate(self, event) -> None:
-        """kanmodel.auto_fit's progress(event): one architecture candidate was scored."""
-        entry = json_ready(event if isinstance(event, dict) else getattr(event, "__dict__", {"event": str(event)}))
-        seen = self.progress.get("architecture") or {}
-        self.progress.update(phase="architecture", architecture={
-            "candidates_scored": int(seen.get("candidates_scored", 0)) + 1, "latest": entry})
+    def on_candidate(self, event: dict) -> None:
+        """kanmodel.auto_fit's progress(event): a candidate architecture finished a grid
+        ("candidate", "rung", "config", "val_loss", "val_score"), or the search chose one ("chosen")."""
+        event = json_ready(event)
+        search = dict(self.progress.get("architecture") or {})
+        if "chosen" in event:
+            search["chosen_candidate"] = event["chosen"]
+        else:
+            latest = {key: event.get(key) for key in ("candidate", "rung", "config", "val_loss", "val_score")}
+            search["candidates_scored"] = int(search.get("candidates_scored", 0)) + 1
+            search["latest"] = latest
+            best = search.get("best")
+            if latest["val_loss"] is not None and (best is None or latest["val_loss"] < best["val_loss"]):
+                search["best"] = latest
+        self.progress.update(phase="architecture", architecture=search)
         if time.monotonic() - self._last_write >= self.interval:
             self.write()
 
