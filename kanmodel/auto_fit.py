@@ -9,6 +9,12 @@ schedule itself is chosen along the way. All candidates see the same seeded spli
 
 Validation loss is RMSE (regression) or cross-entropy (classification): smoother than
 accuracy on small validation sets, where one row moves accuracy by several points.
+
+Then the chosen architecture trains once more on each other validation fold
+(FitOptions.fold; 1 / val_fraction folds, at most MAX_MEMBERS models in all), each with
+its own best-validation weights, and the members are merged into one KAN that averages
+them (kanmodel.ensemble.merge): every row is trained on by most members, and the
+average of models that saw different rows varies less than any one of them.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kanmodel.ensemble import merge
 from kanmodel.model import KAN, TASKS
 from kanmodel.training import FitOptions, TrainProgress, fit, split_rows, validation_metrics
 
@@ -28,6 +35,8 @@ from kanmodel.training import FitOptions, TrainProgress, fit, split_rows, valida
 DEFAULT_TIME_BUDGET = 120.0
 GRID_SCHEDULE = (3, 5, 10, 20)
 STEPS_PER_GRID = 200
+# Models averaged (the search's winner and one per further validation fold).
+MAX_MEMBERS = 5
 # Uniform knots: on the hellokan benchmark they train to a lower test error than
 # quantile knots (see docs/kanmodel-api.md, defaults), and they extrapolate the same
 # way on every edge.
@@ -56,12 +65,16 @@ def candidates_for(n_rows: int, n_in: int, task: str) -> list[Candidate]:
 
 @dataclass
 class AutoFitResult:
-    """model: the chosen KAN, trained (raw inputs -> raw outputs / logits).
-    config: the chosen width, grid schedule, lamb, optimizer, steps (JSON-able).
-    candidates: every candidate's config, validation loss and score, rungs trained.
-    metrics: the chosen model's train_/val_ metrics (validation_metrics) and val_loss.
-    history: the chosen model's fit history. stopped: should_stop or the time budget
-    ended the search early (the best model trained so far is returned)."""
+    """model: the trained KAN (raw inputs -> raw outputs / logits): the members' average
+    merged into one network (its width is the members' hidden widths times members).
+    config: the chosen architecture and training (JSON-able): member width, grid
+    schedule, grid, lamb, optimizer, steps, members (how many were averaged).
+    candidates: every candidate's config, validation loss and score, grids trained.
+    metrics: val_* (validation_metrics) out of fold: every member scored on the rows it
+    did not train on, pooled; train_* of the merged model on all rows; val_loss of the
+    chosen candidate in the search.
+    history: the search winner's fit history. stopped: should_stop or the time budget
+    ended training early (the best models trained so far are used)."""
 
     model: KAN
     config: dict
@@ -126,11 +139,12 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
     """Choose and train a KAN for raw X (n, in) and y by validation error.
 
     y: regression (n,) or (n, out) floats; classification (n,) integer labels 0..C-1.
-    time_budget: seconds (None: DEFAULT_TIME_BUDGET); when it runs out the best model
-    trained so far is returned. progress(event) receives one dict per candidate and
-    rung: {"phase": "auto_fit", "candidate", "rung", "config", "val_loss", "val_score"}
-    (val_score: R^2 or accuracy), and a last {"phase": "auto_fit", "chosen": index}.
-    should_stop() returning True ends the search like the budget does.
+    time_budget: seconds (None: DEFAULT_TIME_BUDGET); when it runs out the best models
+    trained so far are used. progress(event) receives dicts with "phase": "auto_fit":
+    one per candidate and rung {"candidate", "rung", "config", "val_loss", "val_score"}
+    (val_score: validation R^2 or accuracy), one per further member {"member", "fold",
+    "val_loss", "val_score"}, and a last {"chosen", "config", "metrics"}.
+    should_stop() returning True ends training like the budget does.
     """
     X, y, n_out = _check_data(X, y, task)
     if not 0 < val_fraction < 1:
@@ -138,65 +152,79 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
     budget = DEFAULT_TIME_BUDGET if time_budget is None else float(time_budget)
     if not budget > 0:
         raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
-    deadline = time.monotonic() + budget
-    dtype = torch.float32
-    X_t = torch.as_tensor(X, dtype=dtype, device=device)
-    y_t = torch.as_tensor(y, device=device) if task == "classification" else torch.as_tensor(y, dtype=dtype, device=device)
     n_rows, n_in = X.shape
     if n_rows - round(n_rows * val_fraction) < 2 or round(n_rows * val_fraction) < 1:
         raise ValueError(f"X has {n_rows} rows: too few to hold out val_fraction={val_fraction} and train")
-
-    trials = []
-    for index, candidate in enumerate(candidates_for(n_rows, n_in, task)):
-        model = KAN(candidate.width(n_in, n_out), grid=GRID_SCHEDULE[0], grid_eps=GRID_EPS,
-                    seed=seed, task=task).to(device)
-        options = FitOptions(grid_schedule=list(GRID_SCHEDULE), steps_per_grid=STEPS_PER_GRID,
-                             lamb=candidate.lamb, val_fraction=val_fraction, seed=seed)
-        trials.append(_Trial(index, candidate, model, options))
-
-    train_rows, val_rows = (torch.from_numpy(rows).to(device) for rows in split_rows(n_rows, val_fraction, seed))
-    scored = _Scorer(X_t, y_t, train_rows, val_rows)
+    report = progress or (lambda event: None)
+    deadline = time.monotonic() + budget
     stopped = False
 
-    def out_of_time(_: TrainProgress) -> bool:
+    def out_of_time(_: TrainProgress | None = None) -> bool:
         nonlocal stopped
         if time.monotonic() > deadline or (should_stop is not None and should_stop()):
             stopped = True
         return stopped
 
+    X_t = torch.as_tensor(X, dtype=torch.float32, device=device)
+    y_t = torch.as_tensor(y, device=device, dtype=torch.long if task == "classification" else torch.float32)
+    data = _Data(X_t, y_t, val_fraction, seed)
+    trials = [_Trial(index, candidate, KAN(candidate.width(n_in, n_out), grid=GRID_SCHEDULE[0],
+                                           grid_eps=GRID_EPS, seed=seed, task=task).to(device),
+                     _options(candidate, val_fraction, seed, fold=0))
+              for index, candidate in enumerate(candidates_for(n_rows, n_in, task))]
+    _successive_halving(trials, data, out_of_time, report)
+    best = min(trials, key=lambda t: (t.val_loss, t.index))
+    members = [_Member(best.model, 0)]
+    n_folds = min(MAX_MEMBERS, max(1, int(round(1 / val_fraction))))
+    for fold in range(1, n_folds):
+        if out_of_time():
+            break
+        member = _train_member(best.candidate, n_in, n_out, task, data, seed, fold, device, out_of_time)
+        if member is not None:
+            members.append(member)
+            report({"phase": "auto_fit", "member": len(members) - 1, "fold": fold,
+                    "val_loss": _finite(member.val_loss), "val_score": data.score(member.model, fold)})
+
+    model = merge([m.model for m in members], X_t)
+    schedule = list(GRID_SCHEDULE)
+    config = {**best.config(), "members": len(members), "served_width": list(model.width),
+              "grid": model.grid_size, "grid_schedule": schedule[:schedule.index(model.grid_size) + 1]
+              if model.grid_size in schedule else schedule}
+    metrics = {**validation_metrics(model, X_t, y_t, prefix="train_"), **data.out_of_fold(members),
+               "val_loss": _finite(best.val_loss)}
+    report({"phase": "auto_fit", "chosen": best.index, "config": config, "metrics": metrics})
+    candidates = [{"candidate": t.index, "config": t.config(), "val_loss": _finite(t.val_loss),
+                   "val_score": data.score(t.model, 0) if t.stages_done else None,
+                   "grids_trained": t.stages_done, "seconds": round(t.seconds, 3)} for t in trials]
+    return AutoFitResult(model, config, candidates, metrics, best.history, stopped)
+
+
+def _options(candidate: Candidate, val_fraction: float, seed: int, fold: int) -> FitOptions:
+    return FitOptions(grid_schedule=list(GRID_SCHEDULE), steps_per_grid=STEPS_PER_GRID,
+                      lamb=candidate.lamb, val_fraction=val_fraction, seed=seed, fold=fold,
+                      grid_inputs="all")
+
+
+def _successive_halving(trials: list[_Trial], data: "_Data", out_of_time, report) -> None:
     for rung in range(len(GRID_SCHEDULE)):
         for trial in [t for t in trials if not t.finished]:
-            _train_one_more_grid(trial, X_t, y_t, out_of_time)
-            if progress is not None:
-                progress({"phase": "auto_fit", "candidate": trial.index, "rung": rung,
-                          "config": trial.config(), "val_loss": _finite(trial.val_loss),
-                          "val_score": scored.score(trial.model)})
-            if stopped:
-                break
-        if stopped:
-            break
-        # Successive halving: the better half (rounded up) trains the next grid.
+            _train_one_more_grid(trial, data, out_of_time)
+            report({"phase": "auto_fit", "candidate": trial.index, "rung": rung, "config": trial.config(),
+                    "val_loss": _finite(trial.val_loss), "val_score": data.score(trial.model, 0)})
+            if out_of_time():
+                return
+        # The better half (rounded up) trains the next grid.
         ranked = sorted((t for t in trials if not t.finished), key=lambda t: t.val_loss)
         for trial in ranked[math.ceil(len(ranked) / 2):]:
             trial.finished = True
 
-    best = min(trials, key=lambda t: (t.val_loss, t.index))
-    metrics = {**scored.metrics(best.model), "val_loss": _finite(best.val_loss)}
-    if progress is not None:
-        progress({"phase": "auto_fit", "chosen": best.index, "config": best.config(),
-                  "val_loss": _finite(best.val_loss), "val_score": scored.score(best.model)})
-    candidates = [{"candidate": t.index, "config": t.config(), "val_loss": _finite(t.val_loss),
-                   "val_score": scored.score(t.model) if t.stages_done else None,
-                   "grids_trained": t.stages_done, "seconds": round(t.seconds, 3)} for t in trials]
-    return AutoFitResult(best.model, best.config(), candidates, metrics, best.history, stopped)
 
-
-def _train_one_more_grid(trial: _Trial, X: torch.Tensor, y: torch.Tensor, callback) -> None:
+def _train_one_more_grid(trial: _Trial, data: "_Data", callback) -> None:
     """One rung: fit the trial's next grid stage, resuming from its best weights."""
     started = time.monotonic()
     stage = trial.stages_done
     options = replace(trial.options, grid_schedule=trial.options.grid_schedule[:stage + 1])
-    result = fit(trial.model, X, y, options, callback=callback, start_stage=stage)
+    result = fit(trial.model, data.X, data.y, options, callback=callback, start_stage=stage)
     trial.seconds += time.monotonic() - started
     trial.history += result.history
     if result.val_loss is not None and result.val_loss < trial.val_loss:
@@ -206,20 +234,59 @@ def _train_one_more_grid(trial: _Trial, X: torch.Tensor, y: torch.Tensor, callba
         trial.finished = True
 
 
-class _Scorer:
-    """Scores models on the search's fixed split."""
+@dataclass
+class _Member:
+    """A model of the average and the validation fold it did not train on."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, train_rows: torch.Tensor, val_rows: torch.Tensor):
-        self.X, self.y, self.train_rows, self.val_rows = X, y, train_rows, val_rows
+    model: KAN
+    fold: int
+    val_loss: float = math.nan
 
-    def metrics(self, model: KAN) -> dict:
-        return {**validation_metrics(model, self.X[self.train_rows], self.y[self.train_rows], prefix="train_"),
-                **validation_metrics(model, self.X[self.val_rows], self.y[self.val_rows])}
 
-    def score(self, model: KAN) -> float | None:
-        """Validation R^2 (regression) or accuracy (classification)."""
-        metrics = validation_metrics(model, self.X[self.val_rows], self.y[self.val_rows])
+def _train_member(candidate: Candidate, n_in: int, n_out: int, task: str, data: "_Data", seed: int,
+                  fold: int, device, callback) -> _Member | None:
+    """The chosen architecture on another fold (its own initial weights); None if the
+    budget ended it before one stage was complete."""
+    model = KAN(candidate.width(n_in, n_out), grid=GRID_SCHEDULE[0], grid_eps=GRID_EPS,
+                seed=seed + fold, task=task).to(device)
+    result = fit(model, data.X, data.y, _options(candidate, data.val_fraction, seed, fold), callback=callback)
+    if result.stages_completed == 0:
+        return None
+    return _Member(model, fold, result.val_loss)
+
+
+class _Data:
+    """The table as tensors and its seeded validation folds."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int):
+        self.X, self.y, self.val_fraction, self.seed = X, y, val_fraction, seed
+
+    def val_rows(self, fold: int) -> torch.Tensor:
+        return torch.from_numpy(split_rows(len(self.X), self.val_fraction, self.seed, fold)[1]).to(self.X.device)
+
+    def score(self, model: KAN, fold: int) -> float | None:
+        """Validation R^2 (regression) or accuracy (classification) on fold's rows."""
+        rows = self.val_rows(fold)
+        metrics = validation_metrics(model, self.X[rows], self.y[rows])
         return metrics.get("val_accuracy", metrics.get("val_r2"))
+
+    def out_of_fold(self, members: list[_Member]) -> dict:
+        """val_* metrics of every member on its own validation rows, pooled."""
+        rows = torch.cat([self.val_rows(m.fold) for m in members])
+        with torch.no_grad():
+            predictions = torch.cat([m.model(self.X[self.val_rows(m.fold)]) for m in members])
+        return _pooled_metrics(predictions, self.y[rows], classification=members[0].model.task == "classification")
+
+
+def _pooled_metrics(output: torch.Tensor, target: torch.Tensor, classification: bool) -> dict:
+    if classification:
+        return {"val_accuracy": float((output.argmax(1) == target).double().mean()),
+                "val_log_loss": float(torch.nn.functional.cross_entropy(output.double(), target))}
+    target = target.reshape(len(target), -1).to(output.dtype)
+    residual = ((output - target).double() ** 2).sum(0)
+    spread = ((target - target.mean(0)).double() ** 2).sum(0)
+    r2 = float((1 - residual / spread).mean()) if bool((spread > 0).all()) else None
+    return {"val_rmse": float((residual.sum() / target.numel()).sqrt()), "val_r2": r2}
 
 
 def _finite(value: float) -> float | None:

@@ -118,6 +118,12 @@ class FitOptions:
     val_fraction: float = 0.2
     patience: int | None = None
     seed: int = 0
+    # Which validation fold of the seeded permutation is held out (split_rows).
+    fold: int = 0
+    # "all": the input standardisation and the grids are placed on every row's inputs
+    # (never its targets), so models trained on different folds share their first
+    # layer's knots and can be merged into one network (kanmodel.ensemble).
+    grid_inputs: str = "train"
 
     @property
     def resolved_lr(self) -> float:
@@ -144,6 +150,11 @@ class FitOptions:
             raise ValueError(f"need lamb >= 0 and 0 <= lamb_warmup <= 1, got {self.lamb}, {self.lamb_warmup}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.grid_inputs not in ("train", "all"):
+            raise ValueError(f"grid_inputs must be 'train' or 'all', got {self.grid_inputs!r}")
+        if self.fold < 0 or (self.fold > 0 and self.fold * self.val_fraction >= 1):
+            raise ValueError(f"fold must be in [0, {max(0, math.ceil(1 / self.val_fraction) - 1) if self.val_fraction else 0}] "
+                             f"for val_fraction={self.val_fraction}, got {self.fold}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
 
@@ -156,12 +167,15 @@ class FitOptions:
 OPTION_NAMES = frozenset(f.name for f in fields(FitOptions))
 
 
-def split_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(n_rows: int, val_fraction: float, seed: int, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train_rows, val_rows) int64 index arrays: the seeded split fit makes.
-    round(n_rows * val_fraction) rows of a seeded permutation are held out."""
+    n_val = round(n_rows * val_fraction) rows of a seeded permutation are held out:
+    positions [fold * n_val, (fold + 1) * n_val) (fold 0: the first n_val)."""
     order = torch.randperm(int(n_rows), generator=torch.Generator().manual_seed(int(seed))).numpy()
     n_val = int(round(n_rows * val_fraction))
-    return order[n_val:], order[:n_val]
+    start = min(int(fold) * n_val, n_rows - n_val)
+    val = order[start:start + n_val]
+    return np.concatenate([order[:start], order[start + n_val:]]), val
 
 
 @dataclass
@@ -452,7 +466,7 @@ class _Run:
         self.X_raw, self.y_raw = X, y
         target = _prepare_targets(model, X, y)
         self.generator = torch.Generator().manual_seed(int(options.seed))
-        train_rows, val_rows = split_rows(len(X), options.val_fraction, options.seed)
+        train_rows, val_rows = split_rows(len(X), options.val_fraction, options.seed, options.fold)
         if len(train_rows) < 1:
             raise ValueError(f"X has {len(X)} rows: too few to train with val_fraction={options.val_fraction}")
         # Advance the generator past the split's permutation, as Adam's batches did
@@ -484,8 +498,10 @@ class _Run:
         if start_stage == 0:
             model.set_standardisation(self.X_raw[self.train_rows],
                                       self.target[self.train_rows] if model.task == "regression" else None)
+            if options.grid_inputs == "all":
+                model.set_standardisation(self.X_raw)      # the inputs' part only
         train, val = self._data()
-        x_train_raw = train.x
+        grid_x = self.X_raw if options.grid_inputs == "all" else train.x
         schedule = options.grid_schedule
         n_stages, steps_per_grid = len(schedule), options.steps_per_grid
         total_steps = n_stages * steps_per_grid
@@ -497,9 +513,9 @@ class _Run:
 
         for stage in range(start_stage, n_stages):
             grid = schedule[stage]
-            model.update_grid(x_train_raw)
+            model.update_grid(grid_x)
             if grid != model.grid_size:
-                model.refine(grid, x_train_raw)
+                model.refine(grid, grid_x)
             stepper = self._stepper(train)
             # Patience counts from the stage's own best: after a refinement the
             # validation loss may take a while to climb back to the coarser grid's.
@@ -507,7 +523,7 @@ class _Run:
             for step_in_stage in range(steps_per_grid):
                 step = stage * steps_per_grid + step_in_stage + 1
                 if 0 < step_in_stage < steps_per_grid // 2 and step_in_stage % GRID_UPDATE_EVERY == 0:
-                    model.update_grid(x_train_raw)
+                    model.update_grid(grid_x)
                     stepper.restart()
                 objective_value, train_loss = stepper.step(options.lamb_at(step, total_steps))
                 first_loss = train_loss if first_loss is None else first_loss

@@ -23,7 +23,8 @@ def test_regression_returns_a_trained_model_and_a_json_report():
     assert isinstance(result.model, kanmodel.KAN) and result.model.width[0] == 3
     json.dumps({"config": result.config, "candidates": result.candidates, "metrics": result.metrics})
     assert result.metrics["val_r2"] > 0.9
-    assert result.config["width"] == result.model.width and result.config["grid"] == result.model.grid_size
+    assert result.config["served_width"] == result.model.width and result.config["grid"] == result.model.grid_size
+    assert result.config["members"] == 5 and result.config["width"][0] == 3
     scored = [c["val_loss"] for c in result.candidates if c["val_loss"] is not None]
     assert len(result.candidates) >= 3 and result.metrics["val_loss"] == pytest.approx(min(scored))
     assert any(e.get("candidate") is not None for e in events) and "chosen" in events[-1]
