@@ -59,7 +59,7 @@ def register_model(engine: sa.Engine, owner_key_id: str, name: str, version: int
         db.flush()
         for kind, data in (("onnx", spline_onnx), ("formula_onnx", formula_onnx)):
             if data is not None:
-                db.add(Artifact(model_id=model.id, kind=kind, media_type="application/onnx",
+                db.add(Artifact(model_id=model.id, kind=kind, media_type="application/octet-stream",  # as workers store them
                                 filename=f"{name}-v{version}-{kind}.onnx", data=data,
                                 sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)))
         db.commit()

@@ -26,9 +26,11 @@ UPLOAD_DOC = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary", "description": "CSV with a header row"},
-                "name": {"type": "string"}}}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "CSV with a header row"},
+                    "name": {"type": "string"}}},
+                "encoding": {"file": {"contentType": "text/csv"}}},
             "text/csv": {"schema": {"type": "string"}},
             "application/json": {"schema": DatasetRows.model_json_schema()},
         },
@@ -84,7 +86,7 @@ async def _read_upload(request: Request, settings: Settings) -> tuple[bytes, Cal
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=UPLOAD_DOC,
-             responses=error_responses(413, 415, 422),
+             responses=error_responses(400, 413, 415, 422),
              summary="Upload a table of numbers (CSV with a header row, or JSON columns + rows)")
 async def upload_dataset(request: Request, settings: Settings = Depends(get_settings),
                          key: ApiKey = Depends(current_key)) -> DatasetOut:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from service.schemas.errors import Error, V2Error
 from service.schemas.jobspec import DATA_SOURCE_TAGS
@@ -77,8 +79,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _spec_problems(_request: Request, exc: SpecProblems) -> JSONResponse:
         return JSONResponse(validation_error_body(exc.errors), status_code=422)
 
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route on the path; a path
+            # served by several routes (GET and POST /v1/jobs) allows all of theirs.
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(app, request.scope["path"]))}
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: log it, and do not leak internals to the client.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)

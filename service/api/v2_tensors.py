@@ -70,9 +70,16 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise V2Error(f"outputs[{j}]: expected an object with a 'name'")
             parsed.requested.append(out["name"])
-            if (out.get("parameters") or {}).get("binary_data"):
+            if _parameters(out, f"outputs[{j}]").get("binary_data"):
                 parsed.binary_outputs.add(out["name"])
     return parsed
+
+
+def _parameters(item: dict, where: str) -> dict:
+    parameters = item.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise V2Error(f"{where}: 'parameters' must be an object")
+    return parameters
 
 
 def _decode_tensor(tensor, where: str, binary: memoryview) -> tuple[np.ndarray, int]:
@@ -81,7 +88,7 @@ def _decode_tensor(tensor, where: str, binary: memoryview) -> tuple[np.ndarray, 
         raise V2Error(f"{where}: expected an object with a 'name'")
     name = tensor["name"]
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise V2Error(f"{where} ({name}): datatype {datatype!r} is not supported, use FP32 or FP64")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape
@@ -89,14 +96,14 @@ def _decode_tensor(tensor, where: str, binary: memoryview) -> tuple[np.ndarray, 
         raise V2Error(f"{where} ({name}): 'shape' must be a list of non-negative integers")
     count = int(np.prod(shape))
     dtype = DATATYPES[datatype]
-    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    binary_size = _parameters(tensor, f"{where} ({name})").get("binary_data_size")
     if binary_size is not None:
-        if binary_size != count * dtype.itemsize or binary_size > len(binary):
+        if type(binary_size) is not int or binary_size != count * dtype.itemsize or binary_size > len(binary):
             raise V2Error(f"{where} ({name}): binary_data_size {binary_size} does not match "
                           f"shape {shape} of {datatype} ({count * dtype.itemsize} bytes)")
         array = np.frombuffer(binary[:binary_size], dtype=dtype).reshape(shape)
         return array, binary_size
-    if "data" not in tensor:
+    if tensor.get("data") is None:
         raise V2Error(f"{where} ({name}): 'data' is missing")
     try:
         array = np.asarray(tensor["data"], dtype=dtype)

@@ -29,7 +29,8 @@ class FormulaSource(StrictModel):
 
     formula: str = Field(max_length=1000, examples=["exp(sin(pi*x0) + x1**2)"])
     ranges: dict[Identifier, tuple[FiniteFloat, FiniteFloat]] = Field(
-        min_length=1, description="Input names, in input order, with their [low, high] sampling range."
+        min_length=1, description="Input names, in input order, with their [low, high] sampling range.",
+        json_schema_extra={"additionalProperties": False},  # keys are names: the pattern above
     )
     n_samples: int = Field(1000, ge=2, le=10_000_000)
     noise: FiniteFloat = Field(0.0, ge=0, description="Std of Gaussian noise added to the target.")

@@ -11,8 +11,13 @@ class DatasetRows(BaseModel):
     """JSON upload of a table (the alternative to a multipart CSV file)."""
 
     name: str = Field("dataset", max_length=200)
-    columns: list[str] = Field(min_length=1)
-    rows: list[list[Any]] = Field(min_length=1, description="(n_rows, n_columns) numbers")
+    columns: list[str] = Field(min_length=1, json_schema_extra={
+        "uniqueItems": True, "items": {"type": "string", "pattern": r"\S"}})
+    # Cells are checked by parse_rows, whose messages name the row and column; the
+    # schema states what it accepts.
+    rows: list[list[Any]] = Field(min_length=1, description="(n_rows, n_columns) numbers, as many per row "
+                                                            "as there are columns", json_schema_extra={
+        "items": {"type": "array", "minItems": 1, "items": {"type": "number"}}})
 
 
 class DatasetOut(BaseModel):
