@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test venv bench-venv clean
+.PHONY: serve test venv bench-venv clean gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml setup.py kanmodel/csrc/spline_kernels.cpp
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,18 @@ bench-venv:
 	test -x .bench-venv/bin/python || $(PYTHON) -m venv .bench-venv
 	.bench-venv/bin/pip install -q torch==2.13.0
 	.bench-venv/bin/pip install -q pykan==0.2.8 numpy scipy sympy matplotlib pandas scikit-learn pyyaml tqdm setuptools
+
+# The CUDA check (scripts/gpu_check.sh): `make gpu-wheels` here, where pip reaches PyPI,
+# fetches what the CUDA machine lacks (Python 3.12 wheels, about 17 MiB) into wheels/gpu;
+# there, with wheels/gpu carried along, `make gpu-check OUT=dir` (no venv: its python3 has torch).
+# Any existing venv will do (its installed versions are the ones pinned).
+gpu-wheels:
+	test -x $(BIN)/python || $(MAKE) venv
+	$(BIN)/python scripts/gpu_wheels.py wheels/gpu
+
+OUT ?= .gpu-check
+gpu-check:
+	bash scripts/gpu_check.sh $(OUT)
 
 clean:
 	rm -rf $(VENV) .kanserve .pytest_cache

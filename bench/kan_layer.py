@@ -19,6 +19,9 @@ Timings: median over rounds of per-call means of ~30 ms blocks; the implementati
 interleaved in rotating order inside each round, with 2 threads and then 1 thread.
 Peak memory: tensors allocated during one forward+backward (torch profiler records).
 hellokan against PyKAN (time to test RMSE 1e-3) is bench/hellokan.py.
+`--device cuda` compares on a GPU instead (bench/kan_layer_cuda.py; scripts/gpu_check.sh runs it):
+    python3 bench/kan_layer.py --device cuda > bench_cuda.txt
+    .venv/bin/python bench/kan_layer.py --render bench_cuda.txt --command "..." --write-docs
 """
 from __future__ import annotations
 
@@ -99,16 +102,16 @@ class Floor(nn.Module):
     """Per layer: dense basis (batch, in (G + k)) @ W + base(x) @ W_b on fixed inputs.
     Inputs of layers after the first require grad, as a real layer's input would."""
 
-    def __init__(self, width, batch, grid):
+    def __init__(self, width, batch, grid, device=None):
         super().__init__()
         self.inputs, self.weights = [], nn.ParameterList()
         for index, (n_in, n_out) in enumerate(zip(width[:-1], width[1:])):
             needs_grad = index > 0
-            dense = torch.rand(batch, n_in * (grid + K)).requires_grad_(needs_grad)
-            base = torch.rand(batch, n_in).requires_grad_(needs_grad)
+            dense = torch.rand(batch, n_in * (grid + K), device=device).requires_grad_(needs_grad)
+            base = torch.rand(batch, n_in, device=device).requires_grad_(needs_grad)
             self.inputs.append((dense, base))
-            self.weights.append(nn.Parameter(torch.randn(n_out, n_in * (grid + K))))
-            self.weights.append(nn.Parameter(torch.randn(n_out, n_in)))
+            self.weights.append(nn.Parameter(torch.randn(n_out, n_in * (grid + K), device=device)))
+            self.weights.append(nn.Parameter(torch.randn(n_out, n_in, device=device)))
 
     def forward(self, x):
         total = 0
@@ -227,6 +230,7 @@ def bench_shape(width, batch, grid, rounds, threads_list, pykan):
     return results
 
 
+CUDA_HEADING = "KAN layer on CUDA"
 # The columns after kanmodel's in the tables, in order.
 COMPARED = ("torch path", "full-basis", "floor", "mlp", "pykan")
 
@@ -310,16 +314,33 @@ def format_layer_section(all_results, rounds, threads_list, command):
 
 
 def render_log(path, rounds, command):
-    """The layer section from the JSON lines of an earlier run's stdout."""
-    results = []
-    for line in open(path):
-        if not line.startswith("{"):
-            continue
-        record = json.loads(line)
+    """The layer section (CPU run) or the CUDA section (--device cuda run) from the JSON
+    lines of an earlier run's stdout."""
+    results = [json.loads(line) for line in open(path) if line.startswith("{")]
+    if results and "device" in results[0]:           # written by measure_on_device
+        import kan_layer_cuda
+
+        return {CUDA_HEADING: kan_layer_cuda.format_section(results, command)}
+    for record in results:
         record["times"] = {int(t): v for t, v in record["times"].items()}
-        results.append(record)
     threads = list(results[0]["times"])
     return {"KAN layer": format_layer_section(results, rounds, threads, command)}
+
+
+def measure_on_device(args, command):
+    """--device cuda (or --cpu-smoke: the same code on the CPU at a small batch)."""
+    import kan_layer_cuda
+
+    if args.cpu_smoke:
+        device, batches, rounds = torch.device("cpu"), [args.batches[0] if args.batches else 64], 1
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+        device, batches, rounds = torch.device("cuda"), args.batches or list(kan_layer_cuda.BATCHES), args.rounds
+    shapes = [SHAPES[index] for index in args.shapes]
+    results = kan_layer_cuda.run(shapes, batches, rounds, device,
+                                 emit=lambda result: print(json.dumps(result), flush=True))
+    return {CUDA_HEADING: kan_layer_cuda.format_section(results, command)}
 
 
 def main():
@@ -328,11 +349,19 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))),
                         help="indices into SHAPES")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the GPU comparison of bench/kan_layer_cuda.py instead")
+    parser.add_argument("--batches", type=int, nargs="+", help="with --device cuda: batch sizes "
+                        "(default 4096 65536)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="run the --device cuda code on the CPU "
+                        "at one small batch, one round (checks it without a GPU; not a measurement)")
     add_docs_arguments(parser, "tables")
     args = parser.parse_args()
     command = run_command(args)
     if args.render:
         sections = render_log(args.render, args.rounds, command)
+    elif args.device == "cuda" or args.cpu_smoke:
+        sections = measure_on_device(args, command)
     else:
         pykan = PyKANWorker()
         try:
