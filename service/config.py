@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     max_grid: int = 200
     max_total_steps: int = 100_000
     max_job_seconds: int = 3_600
+    # Sized for a worker with 24 GiB of memory: training may use 16 of them, the rest is the
+    # process itself, the data, the formula-search child and the checkpoint being written.
+    max_parameters: int = Field(20_000_000, description="Parameters of a given-width model at its final grid "
+                                "(L-BFGS takes about 480 bytes per parameter: 9 GiB at the default).")
+    max_training_memory_gib: float = Field(16.0, description="Estimated training memory of a given-width job "
+                                           "(rows x spline-basis values per row, plus parameters x optimizer "
+                                           "state), in GiB.")
 
     # Worker behaviour.
     worker_concurrency: int = 1

@@ -34,31 +34,82 @@ class DataShape:
     targets: np.ndarray | None  # (n_rows, n_outputs) when known without training
 
 
+# Peak memory of kanmodel.fit above the loaded process, float32 (bench/training_memory.py,
+# docs/benchmarks.md "Training memory"): about 8 bytes per spline-basis value of a row
+# (G + k + 1 per layer input), 25 more per edge activation of a row when the sparsity
+# penalty (train.lamb > 0) keeps them, and per parameter 480 bytes under L-BFGS (its 50
+# pairs of history vectors) or 48 under Adam.
+BASIS_VALUE_BYTES = 8
+EDGE_VALUE_BYTES = 25
+PARAMETER_BYTES = {"lbfgs": 480, "adam": 48}
+GIB = 2 ** 30
+
+
+def model_parameters(width: list[int], grid: int, k: int) -> int:
+    """Trainable values of a KAN: per edge, grid + k spline coefficients, a base and a spline
+    weight; per output, a bias."""
+    return sum(n_out * n_in * (grid + k + 2) + n_out for n_in, n_out in zip(width, width[1:]))
+
+
+def training_memory_bytes(spec: JobSpec, n_rows: int) -> int:
+    """Estimated peak training memory of a given-width job at its final grid, all rows at once
+    (an upper bound with train.batch_size: the grid updates and validation still see every row)."""
+    width, grid, k = spec.given_width, spec.train.grid_schedule[-1], spec.model.k
+    per_row = BASIS_VALUE_BYTES * sum(n_in * (grid + k + 1) for n_in in width[:-1])
+    if spec.train.lamb > 0:
+        per_row += EDGE_VALUE_BYTES * sum(n_in * n_out for n_in, n_out in zip(width, width[1:]))
+    return n_rows * per_row + PARAMETER_BYTES[spec.train.optimizer] * model_parameters(width, grid, k)
+
+
 def check_limits(spec: JobSpec, settings: Settings) -> list[Problem]:
     problems = []
     schedule = spec.train.grid_schedule
+    width = spec.given_width
     if spec.model is not None and spec.model.grid is not None and spec.model.grid != schedule[0]:
         problems.append(Problem(("model", "grid"),
                                 f"model.grid is {spec.model.grid} but train.grid_schedule starts at {schedule[0]}; "
                                 "the first stage uses the first grid (leave model.grid out)"))
-    for index, size in enumerate(spec.given_width or []):
+    for index, size in enumerate(width or []):
         if size > settings.max_layer_width:
             problems.append(Problem(("model", "width", index),
-                                    f"layer width {size} is above the limit of {settings.max_layer_width}"))
+                                    f"layer width {size} is above the limit of {settings.max_layer_width} "
+                                    "(KANSERVE_MAX_LAYER_WIDTH)"))
     if schedule[-1] > settings.max_grid:
         problems.append(Problem(("train", "grid_schedule"),
-                                f"grid {schedule[-1]} is above the limit of {settings.max_grid}"))
+                                f"grid {schedule[-1]} is above the limit of {settings.max_grid} (KANSERVE_MAX_GRID)"))
+    if width is not None and (n := model_parameters(width, schedule[-1], spec.model.k)) > settings.max_parameters:
+        problems.append(Problem(("model", "width"),
+                                f"model.width {width} at grid {schedule[-1]} (k={spec.model.k}) has {n:,} parameters, "
+                                f"above the limit of {settings.max_parameters:,} (KANSERVE_MAX_PARAMETERS)"))
     if spec.total_steps > settings.max_total_steps:
         problems.append(Problem(("train", "steps_per_grid"),
                                 f"{len(schedule)} stages x {spec.train.steps_per_grid} steps = {spec.total_steps} "
-                                f"steps, above the limit of {settings.max_total_steps}"))
+                                f"steps, above the limit of {settings.max_total_steps} (KANSERVE_MAX_TOTAL_STEPS)"))
     if isinstance(spec.data, FormulaSource) and spec.data.n_samples > settings.max_rows:
         problems.append(Problem(("data", "n_samples"),
-                                f"n_samples {spec.data.n_samples} is above the limit of {settings.max_rows}"))
+                                f"n_samples {spec.data.n_samples} is above the limit of {settings.max_rows} "
+                                "(KANSERVE_MAX_ROWS)"))
     if isinstance(spec.data, InlineSource) and len(spec.data.inline.X) > settings.max_rows:
         problems.append(Problem(("data", "inline", "X"),
-                                f"{len(spec.data.inline.X)} rows is above the limit of {settings.max_rows}"))
+                                f"{len(spec.data.inline.X)} rows is above the limit of {settings.max_rows} "
+                                "(KANSERVE_MAX_ROWS)"))
     return problems
+
+
+def check_memory(spec: JobSpec, n_rows: int, settings: Settings) -> list[Problem]:
+    """Whether a given-width job fits the worker; a job that chooses its architecture is sized
+    by the search itself."""
+    if spec.given_width is None:
+        return []
+    needed = training_memory_bytes(spec, n_rows)
+    if needed <= settings.max_training_memory_gib * GIB:
+        return []
+    rows_field = "data.n_samples" if isinstance(spec.data, FormulaSource) else "the data's rows"
+    return [Problem(("model", "width"),
+                    f"training model.width {spec.given_width} at grid {spec.train.grid_schedule[-1]} on {n_rows} rows "
+                    f"({rows_field}) needs about {needed / GIB:.1f} GiB, above the limit of "
+                    f"{settings.max_training_memory_gib:g} GiB (KANSERVE_MAX_TRAINING_MEMORY_GIB); use fewer rows, "
+                    "narrower layers or a smaller final grid")]
 
 
 def resolve_shape(spec: JobSpec, dataset: Dataset | None) -> tuple[DataShape | None, list[Problem]]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db.models import Dataset, Job
 from service.db.types import utcnow
-from service.jobs.checks import Problem, check_limits, check_shape, resolve_shape
+from service.jobs.checks import Problem, check_limits, check_memory, check_shape, resolve_shape
 from service.jobs.queue import TRAIN_TASK
 from service.schemas.jobspec import DatasetSource, JobSpec
 
@@ -51,7 +51,7 @@ def find_problems(db: Session, owner_key_id: str, spec: JobSpec, settings: Setti
         dataset = db.scalar(sa.select(Dataset).where(Dataset.id == spec.data.dataset_id,
                                                      Dataset.owner_key_id == owner_key_id))
     shape, problems = resolve_shape(spec, dataset)
-    return problems if shape is None else check_shape(spec, shape)
+    return problems if shape is None else check_shape(spec, shape) + check_memory(spec, shape.n_rows, settings)
 
 
 def create_job(db: Session, owner_key_id: str, spec: JobSpec, digest: str, idempotency_key: str | None,
