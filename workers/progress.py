@@ -55,12 +55,16 @@ class ProgressReporter:
 
     def on_candidate(self, event: dict) -> None:
         """kanmodel.auto_fit's progress(event): a candidate architecture finished a grid
-        ("candidate", "rung", "config", "val_loss", "val_score"), or the search chose one ("chosen")."""
+        ("candidate", "rung", "config", "val_loss", "val_score"), a further member of the
+        chosen architecture's average trained ("member", "fold", ...), or the search chose
+        ("chosen")."""
         event = json_ready(event)
         search = dict(self.progress.get("architecture") or {})
         if "chosen" in event:
             search["chosen_candidate"] = event["chosen"]
-        else:
+        elif "member" in event:
+            search["members_trained"] = int(event["member"]) + 1
+        elif "candidate" in event:
             latest = {key: event.get(key) for key in ("candidate", "rung", "config", "val_loss", "val_score")}
             search["candidates_scored"] = int(search.get("candidates_scored", 0)) + 1
             search["latest"] = latest
