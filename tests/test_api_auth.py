@@ -65,3 +65,33 @@ def test_an_unmigrated_database_stops_start_up_with_what_to_run(tmp_path):
     with pytest.raises(RuntimeError, match="kanserve db upgrade"):
         with TestClient(app):
             pass
+
+
+def test_a_key_revoked_in_this_process_stops_serving_at_once(tmp_path, monkeypatch):
+    import numpy as np
+
+    from onnx_graphs import affine_model
+    from serving_setup import serving_env
+    from service.auth import revoke_key
+    from service.db.session import make_session_factory
+
+    # Remembered key checks and lookups would otherwise last an hour.
+    monkeypatch.setenv("KANSERVE_MODEL_LOOKUP_TTL_S", "3600")
+    env = serving_env(tmp_path)
+    env.register("m", 1, affine_model(np.ones((2, 1), np.float32), np.zeros(1, np.float32), "input", "output"))
+    rows = {"inputs": [[1.0, 2.0]]}
+    tensor = {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+    with TestClient(env.app, headers={"Authorization": f"Bearer {env.key}"}) as client:
+        assert client.post("/v1/models/m/predict", json=rows).status_code == 200
+        assert client.post("/v2/models/m/infer", json=tensor).status_code == 200
+        assert env.app.state.inference.recent(env.key, "m", None, "spline") is not None  # remembered
+
+        with make_session_factory(env.engine)() as db:
+            assert [row.id for row in revoke_key(db, env.key_id)] == [env.key_id]
+        predicted = client.post("/v1/models/m/predict", json=rows)
+        assert predicted.status_code == 401 and "revoked" in predicted.json()["detail"]
+        assert client.post("/v2/models/m/infer", json=tensor).status_code == 401
+        assert client.get("/v2/models/m").status_code == 401
+        # Another key is untouched: it is refused the model as not its own, not as revoked.
+        other = client.post("/v1/models/m/predict", json=rows, headers={"Authorization": f"Bearer {env.other_key}"})
+        assert other.status_code == 404

@@ -80,6 +80,11 @@ JSON_CASES = [
     ("boolean cell", b'{"columns": ["a"], "rows": [[true]]}', ["row 0", "not a number"]),
     ("NaN", b'{"columns": ["a"], "rows": [[NaN]]}', ["row 0", "not finite"]),
     ("no rows", b'{"columns": ["a"], "rows": []}', ["rows"]),
+    # json.loads raised UnicodeDecodeError, OverflowError (via float()) and RecursionError here: 500s.
+    ("invalid UTF-8", b'{"columns": ["a"], "rows": [[1]], "name": "\xff"}', ["Invalid JSON", "unicode"]),
+    ("1e400 written out", b'{"columns": ["a"], "rows": [[1' + b"0" * 400 + b"]]}",
+     ["row 0", "column 'a'", "beyond the float64 range"]),
+    ("deep nesting", b'{"columns": ["a"], "rows": ' + b"[" * 300 + b"]" * 300 + b"}", ["Invalid JSON", "recursion"]),
 ]
 
 
