@@ -138,6 +138,19 @@ def test_hellokan_recipe_on_cuda_reaches_1e_3(record_property):
     assert test_rmse <= 1e-3
 
 
+def test_adam_mini_batches_with_validation_and_sparsity_on_cuda():
+    # What the hellokan recipe leaves out: Adam's mini-batches, the validation split and
+    # the sparsity penalty (edge activations), each with tensors made on the CUDA device.
+    x, y = hellokan(2000, 6, CUDA)
+    model = kanmodel.KAN([2, 5, 1], grid=3, seed=6).to(CUDA)
+    result = kanmodel.fit(model, x, y, optimizer="adam", grid_schedule=[3, 5], steps_per_grid=150, batch_size=256,
+                          lamb=1e-3, val_fraction=0.2, seed=6)
+    assert result.stages_completed == 2 and next(model.parameters()).device.type == "cuda"
+    with torch.no_grad():
+        rmse = float(((model(x)[:, 0] - y) ** 2).mean().sqrt())
+    assert rmse < 0.25 * float(y.std())
+
+
 @pytest.fixture(scope="module")
 def cuda_trained():
     """A hellokan model trained briefly on CUDA (two grid stages, adaptive knots)."""
