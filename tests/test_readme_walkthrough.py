@@ -62,3 +62,10 @@ def test_readme_walkthrough_runs_against_a_live_service(tmp_path):
 
     graph = onnx.load_from_string((tmp_path / "hellokan.onnx").read_bytes()).graph
     assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == 2  # x0, x1
+
+    # The job with only data: a chosen architecture, the exact law, both engines answering 2 * 3.
+    assert re.search(r"^chosen \[2, .*\] of \d+ candidates$", output, flags=re.M), output
+    assert re.search(r"^y = (N\*mu|mu\*N)  exact True R2 ", output, flags=re.M), output
+    for engine in ("formula", "spline"):
+        answer = float(re.search(rf"^{engine} predicts (\S+)$", output, flags=re.M).group(1))
+        assert answer == pytest.approx(6.0, rel=1e-4 if engine == "formula" else 5e-2), (engine, output)
