@@ -88,7 +88,9 @@ def test_discover_job_registers_the_librarys_formula_exact_with_its_graphs(api):
     assert formula["exact"] is True and formula["r2"] > 1 - 1e-12 and formula["rmse"] < 1e-6
     assert "mu" in formula["latex"]
     assert version["metrics"]["symbolic_mode"] == "discover"
-    assert version["metrics"]["discovery"]["stopped"] == "exact"
+    # Discovery found the law in log space (log y = log mu + log N); the served spline
+    # model is the job's own network, which maps raw inputs to raw outputs.
+    assert version["metrics"]["discovery"]["stopped"] == "exact" and version["metrics"]["discovery"]["space"] == "log"
     assert {"onnx", "formula_onnx", "checkpoint"} <= {a["kind"] for a in version["artifacts"]}
 
     rows = [[1.5, 2.0], [4.0, 3.5], [2.2, 1.1]]
