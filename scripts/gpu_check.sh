@@ -5,7 +5,8 @@
 #   bash scripts/gpu_check.sh OUTDIR        (or: make gpu-check OUT=OUTDIR)
 #
 # On the CUDA machine (Python 3.12 with torch + CUDA, no network) it installs what kanserve
-# lacks there from wheels/gpu, made beforehand by `make gpu-wheels` and carried along. On a
+# lacks there from wheels/gpu, made beforehand by `make gpu-wheels` and copied along (the
+# folder is git-ignored: a copy of the repository's tracked files lacks it). On a
 # machine without CUDA the same script is a dry run: the CUDA steps skip, the wheel folder
 # is checked instead of installed, the benchmark's GPU code runs once on the CPU.
 #
@@ -42,7 +43,20 @@ SUMMARY=$OUTDIR/summary.txt
 : >"$LOG"
 printf 'step\tstatus\tseconds\tdetail\n' >"$SUMMARY"
 
+# Marks every process this run starts: the job test's gateway and worker run in sessions
+# of their own, and one that outlives its step (a step killed at its limit) is stopped.
+export GPU_CHECK_RUN_ID="gpu-check-$$-$RANDOM"
+
 log() { echo "$*" | tee -a "$LOG"; }
+stop_leftovers() {
+    local pid
+    for pid in $(grep -lz "^GPU_CHECK_RUN_ID=$GPU_CHECK_RUN_ID\$" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
+        if [[ $pid != "$$" ]] && kill -TERM "$pid" 2>/dev/null; then
+            log "stopped process $pid, left running by the step"
+        fi
+    done
+}
+trap stop_leftovers EXIT
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"; log "--- $1: $2 ($3 s) $4"; }
 status_of() {  # exit code -> pass / timed out / fail
     case $1 in 0) echo pass ;; 124 | 137) echo "fail (timed out)" ;; *) echo "fail (exit $1)" ;; esac
@@ -84,6 +98,7 @@ pytest_step() {
     shift 3
     rm -f "$junit"
     step "$name" "$limit" "$PYTHON" -m pytest -p no:cacheprovider -o junit_family=legacy --junitxml "$junit" "$@"
+    stop_leftovers
     detail=$(junit_counts "$junit")
     status=$(status_of "$LAST_RC")
     if [[ $LAST_RC == 0 && $detail == "0 passed, 0 failed, "* ]]; then
