@@ -153,3 +153,16 @@ def test_the_gateways_symbolic_function_names_are_kanmodels():
     from service.schemas.jobspec import SYMBOLIC_FUNCTIONS
 
     assert SYMBOLIC_FUNCTIONS == DEFAULT_LIBRARY
+
+
+def test_docs_show_the_smallest_job_and_its_defaults(api):
+    document = api.anonymous.get("/openapi.json").json()
+    job_spec = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(job_spec["required"]) == {"name", "data"}
+    schemas = document["components"]["schemas"]
+    width = schemas["ModelSpec"]["properties"]["width"]
+    assert width["default"] == "auto" and {"const": "auto"} in width["anyOf"]
+    assert schemas["TrainSpec"]["properties"]["time_budget_seconds"]["default"] == 120
+    mode = schemas["SymbolicSpec"]["properties"]["mode"]
+    assert "discover" in mode["description"] and "network" in mode["description"]
+    assert schemas["SymbolicSpec"]["properties"]["time_budget_seconds"]["default"] == 180
