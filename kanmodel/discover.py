@@ -44,6 +44,8 @@ from kanmodel.symbolic import deadline as time_limit
 from kanmodel.symbolic.auto import auto_symbolic, make_symbols
 from kanmodel.symbolic.formula import Formula, r2_score, rmse
 from kanmodel.symbolic.rounding import tidy
+from kanmodel.search import choose, search
+from kanmodel.search.terms import expression_size
 from kanmodel.symbolic.separable import separable_formula
 from kanmodel.symbolic.spaces import Space
 from kanmodel.training import TrainingDiverged, fit
@@ -74,7 +76,10 @@ def default_widths(n_in: int, n_out: int) -> list[list[int]]:
 
 # In the plan, the separability step comes after this many shapes (it needs a good model).
 SEPARABLE_AFTER = 3
-NETWORK, SEPARABLE = "network", "separable"
+NETWORK, SEPARABLE, SEARCH = "network", "separable", "search"
+# The direct search (`kanmodel.search`) may take this share of the budget, at most
+# SEARCH_SECONDS: an exact formula there is usually found in 2-15 s.
+SEARCH_SHARE, SEARCH_SECONDS = 0.4, 60.0
 # A network whose held-out relative RMSE is above this did not converge (or cannot fit
 # the data); the same shape is then tried with the next seed of `retry_seeds`.
 CONVERGED = 1e-3
@@ -102,20 +107,25 @@ class Split:
 
 @dataclass
 class Attempt:
-    """One network trained (kind "network") or one formula search on a network
-    (kind "separable", with the network it used as the oracle)."""
+    """One network trained (kind "network"), one formula search on a network (kind
+    "separable", with the network it used as the oracle) or the direct search on the
+    data (kind "search": no network of its own)."""
 
     kind: str
     width: list[int]                 # after pruning
     trained_width: list[int]
     space: str
     seed: int
-    model: KAN
+    model: KAN | None
     history: list[dict]
     formulas: list[Formula]
     seconds: float
     spline_error: float | None       # worst held-out relative RMSE of the model (regression)
     score: float = float("inf")      # held-out formula error (see `_score`)
+
+    @property
+    def size(self) -> int:
+        return sum(expression_size(f.expr) for f in self.formulas)
 
     def summary(self) -> dict:
         return {"kind": self.kind, "width": self.width, "trained_width": self.trained_width,
@@ -204,7 +214,9 @@ def _train(width, X, y, task, opts, seed: int) -> tuple[KAN, list[dict]]:
     return model, warm.history + [dict(h, stage=h["stage"] + 1) for h in rest.history]
 
 
-def _network_attempt(width, space_name: str, data: Split, task: str, opts: dict, seed: int) -> Attempt:
+def _network_attempt(width, space_name: str, data: Split, task: str, opts: dict, seed: int,
+                     extract: bool = True) -> Attempt:
+    """Train one network; with extract, also its formulas (`auto_symbolic`)."""
     space = Space(space_name)
     started = time.monotonic()
     torch.manual_seed(seed)
@@ -216,6 +228,9 @@ def _network_attempt(width, space_name: str, data: Split, task: str, opts: dict,
         fit_targets, val_targets = data.y_train, data.y_val
     else:  # a formula per logit: distil the model's logits
         fit_targets, val_targets = _logits(model, data.X_train), _logits(model, data.X_val)
+    if not extract:
+        attempt.seconds = time.monotonic() - started
+        return attempt
     try:
         attempt.formulas = auto_symbolic(model, data.X_train, fit_targets, opts["library"], opts["variables"],
                                          space=space_name, X_val=data.X_val, y_val=val_targets,
@@ -262,6 +277,24 @@ def _separable_attempt(oracle: Attempt, data: Split, opts: dict) -> Attempt | No
         formula.spline_rmse = oracle.formulas[0].spline_rmse
     return Attempt(SEPARABLE, oracle.width, oracle.trained_width, oracle.space, oracle.seed, model,
                    oracle.history, [formula], time.monotonic() - started, oracle.spline_error)
+
+
+def _search_attempt(data: Split, opts: dict) -> Attempt | None:
+    """The direct search on the data, one formula per output (`kanmodel.search`)."""
+    started = time.monotonic()
+    symbols = make_symbols(opts["variables"], data.X_train)
+    n_out = data.y_train.shape[1]
+    seconds = min(SEARCH_SHARE * opts["time_budget"], SEARCH_SECONDS) / n_out
+    formulas = []
+    for o in range(n_out):
+        best = choose(search(data.X_train, data.y_train[:, o], symbols, data.X_val, data.y_val[:, o],
+                             time_budget=seconds), opts["exact_tolerance"])
+        if best is None:
+            return None
+        formula = Formula(best.expr, [s.name for s in symbols], symbols=symbols,
+                          output=f"y{o}" if n_out > 1 else "y")
+        formulas.append(formula.score(data.X_val, data.y_val[:, o]))
+    return Attempt(SEARCH, [], [], "raw", opts["seed"], None, [], formulas, time.monotonic() - started, None)
 
 
 @torch.no_grad()
@@ -369,7 +402,9 @@ class _AttemptLog:
                 return
         else:
             try:
-                attempt = _network_attempt(width, space_name, self.data, self.task, self.opts, seed)
+                # once an exact formula is known, a network is only trained to be served
+                attempt = _network_attempt(width, space_name, self.data, self.task, self.opts, seed,
+                                           extract=not self.exact())
             except TrainingDiverged as error:
                 self.summaries.append({"kind": NETWORK, "width": width, "space": space_name, "seed": seed,
                                        "error": str(error)})
@@ -379,10 +414,35 @@ class _AttemptLog:
         self.longest = max(self.longest, attempt.seconds)
         attempt.score = _score(attempt, self.data, self.task)
         self.summaries.append(attempt.summary())
-        if self.best is None or attempt.score < self.best.score:
+        if self._better(attempt):
             self.best = attempt
         self._report("result", kind=attempt.kind, width=attempt.width, space=attempt.space,
                      score=float(attempt.score))
+
+    def _better(self, attempt: Attempt) -> bool:
+        """Lower held-out error wins; among exact formulas, the smaller one."""
+        if self.best is None:
+            return True
+        tolerance = self.opts["exact_tolerance"] if self.task == "regression" else -1.0
+        if attempt.score <= tolerance and self.best.score <= tolerance:
+            return attempt.size < self.best.size
+        return attempt.score < self.best.score
+
+    def run_search(self) -> None:
+        self._report("attempt", kind=SEARCH, width=None, space="raw", seed=None)
+        try:
+            attempt = _search_attempt(self.data, self.opts)
+        except time_limit.OutOfTime:
+            attempt = None
+        if attempt is None:
+            self.summaries.append({"kind": SEARCH, "result": "no formula"})
+            self._report("result", kind=SEARCH, score=None)
+            return
+        attempt.score = _score(attempt, self.data, self.task)
+        self.summaries.append(attempt.summary())
+        if self._better(attempt):
+            self.best = attempt
+        self._report("result", kind=SEARCH, width=None, space="raw", score=float(attempt.score))
 
     def stop_reason(self) -> str:
         if self.exact():
@@ -432,6 +492,8 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
 
     log = _AttemptLog(data, task, opts, progress, started)
     with time_limit.within(started + budget, should_stop):
+        if task == "regression":
+            log.run_search()
         # first pass: every shape once; then, one retry seed at a time, again every shape
         # with hidden layers that did not converge (one-layer KANs are sums of splines: a
         # poor fit there is the shape, not the seed)
@@ -444,9 +506,15 @@ def discover(X, y, variables: list[str] | None = None, task: str = "regression",
                     log.run(width, space_name, seed)
         stopped = log.stop_reason()
     best, summaries = log.best, log.summaries
-    if best is None:
+    if best is None or not log.trained:
         raise TrainingDiverged("discover: every attempt diverged: " +
                                "; ".join(s.get("error", "") for s in summaries))
+    if best.model is None:  # the search's formula, served beside the most accurate network
+        network = min(log.trained, key=lambda a: a.spline_error if a.spline_error is not None else np.inf)
+        best.model, best.history, best.space = network.model, network.history, network.space
+        best.width, best.trained_width = network.width, network.trained_width
+        for formula, spline_rmse in zip(best.formulas, _metrics(network, data, task)["spline_rmse"]):
+            formula.spline_rmse = spline_rmse
     if not best.formulas:  # out of time before any formula: the model's own edges, unrefined
         regression = task == "regression"
         best.formulas = auto_symbolic(

@@ -42,7 +42,13 @@ _LIMIT: contextvars.ContextVar[_Limit | None] = contextvars.ContextVar("kanmodel
 @contextlib.contextmanager
 def within(deadline: float, should_stop: Callable[[], bool] | None = None) -> Iterator[None]:
     """Run the block under a limit: time.monotonic() deadline, and an optional
-    should_stop() that returns True to cancel. Nested limits: the inner one applies."""
+    should_stop() that returns True to cancel. Inside another limit, the earlier
+    deadline applies and the outer should_stop is still asked."""
+    outer = _LIMIT.get()
+    if outer is not None:
+        deadline = min(deadline, outer.deadline)
+        if should_stop is None:
+            should_stop = outer.expired
     token = _LIMIT.set(_Limit(deadline, should_stop))
     try:
         yield
