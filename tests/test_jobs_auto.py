@@ -116,3 +116,48 @@ def test_csv_classification_job_with_only_name_task_and_data(api, table):
     served = assert_served_like_torch(api, name, X[::7])
     accuracy = np.mean(np.asarray(served["labels"]) == labels[::7].astype(int).astype(str))
     assert accuracy >= 0.9
+
+
+class WorkerKilled(BaseException):
+    """Escapes the pipeline's error handling the way SIGKILL does: nothing gets written."""
+
+
+def test_a_job_killed_after_the_search_resumes_with_the_chosen_model(api, monkeypatch):
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from service.db.models import Job
+    from service.db.types import utcnow
+    from workers import architecture
+
+    X = np.random.default_rng(2).uniform(1, 3, (150, 2))
+    body = {"name": "resumed", "data": {"inline": {"X": X.tolist(), "y": (X[:, :1] * X[:, 1:]).tolist()}},
+            "train": {"time_budget_seconds": 20}, "symbolic": {"enabled": False}}
+    job_id = api.client.post("/v1/jobs", json=body).json()["id"]
+    searches, real_save, real_auto_fit = [], architecture.save_checkpoint, architecture.kanmodel.auto_fit
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise WorkerKilled
+
+    def counted_auto_fit(*args, **kwargs):
+        searches.append(kwargs["time_budget"])
+        return real_auto_fit(*args, **kwargs)
+
+    monkeypatch.setattr(architecture, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(architecture.kanmodel, "auto_fit", counted_auto_fit)
+    with pytest.raises(WorkerKilled):
+        run_job(job_id, api.session_factory, api.settings, "w1")
+    monkeypatch.setattr(architecture, "save_checkpoint", real_save)
+    with api.session_factory() as db:
+        db.execute(sa.update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        db.commit()
+
+    assert run_job(job_id, api.session_factory, api.settings, "w2") == "succeeded"
+    assert searches == [20]  # the second delivery did not search again
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["deliveries"] == 2 and job["progress"]["resumed_from_stage"] == 1
+    version = api.client.get("/v1/models/resumed/versions/1").json()
+    assert_architecture_recorded(version)
+    assert_served_like_torch(api, "resumed", X[:10])
