@@ -148,3 +148,20 @@ def test_the_size_limit_holds_while_an_authenticated_body_streams(tmp_path):
             assert streamed.status_code == 413 and "50000 bytes" in streamed.json()["detail"], path
         assert api.client.post("/v1/models/m/predict", json=PREDICT).status_code == 200
         assert api.client.post("/v1/jobs", json=HELLOKAN_SPEC).status_code == 202
+
+
+def test_a_body_over_the_limit_is_413_in_each_routes_error_format(tmp_path):
+    with api_harness(tmp_path, max_request_bytes=50_000) as api:
+        body = json.dumps({"inputs": [{"name": "input", "shape": [10_000, 2], "datatype": "FP32",
+                                       "data": [0.5] * 20_000}]}).encode()
+
+        def chunks():
+            for start in range(0, len(body), 8192):
+                yield body[start:start + 8192]
+
+        declared = api.client.post("/v2/models/m/infer", content=body)
+        streamed = api.client.post("/v2/models/m/infer", content=chunks())
+        for response in (declared, streamed):
+            assert response.status_code == 413 and "50000 bytes" in response.json()["error"], response.text
+        v1 = api.client.post("/v1/models/m/predict", content=body)
+        assert v1.status_code == 413 and "50000 bytes" in v1.json()["detail"]

@@ -1,4 +1,7 @@
-"""ASGI middleware: refuse request bodies above a byte limit with 413, before parsing."""
+"""ASGI middleware: refuse request bodies above a byte limit with 413, before parsing.
+
+The answer is the route family's error object: {"detail": ...} on /v1, {"error": ...}
+on the Open Inference Protocol's /v2 routes."""
 from __future__ import annotations
 
 import json
@@ -25,7 +28,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, send)
             return
         received = 0
         response_started = False
@@ -50,10 +53,12 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._reject(send)
+                await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"detail": BodyTooLarge(self.max_bytes).detail}).encode()
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        field = "error" if path.startswith("/v2/") else "detail"
+        body = json.dumps({field: BodyTooLarge(self.max_bytes).detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from service.api.body_limit import BodyTooLarge
 from service.api.deps import bearer_scheme
 from service.api.direct_route import DirectRoute, bearer_token, read_body
 from service.api.errors import error_responses
@@ -53,6 +54,8 @@ def _error(message: str, status: int) -> Response:
 def _failure(exc: Exception) -> Response:
     """The protocol's error object for an expected failure (malformed or unfit input: 400);
     re-raises anything else."""
+    if isinstance(exc, BodyTooLarge):
+        return _error(exc.detail, 413)
     status = status_for(exc, invalid_input=400)
     if status is None:
         raise exc
