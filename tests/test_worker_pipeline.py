@@ -66,6 +66,8 @@ def test_success_checkpoints_every_stage_and_registers_once(api):
     assert run_job(job_id, api.session_factory, api.settings, "w1") == "succeeded"
     job = job_row(api, job_id)
     assert job.status == "succeeded" and job.deliveries == 1 and job.claim_token is None
+    # Where it trained ("auto" on a machine without CUDA), as the API shows it.
+    assert api.client.get(f"/v1/jobs/{job_id}").json()["progress"]["device"] == "cpu"
     with api.session_factory() as db:
         stages = db.execute(sa.select(Checkpoint.stage, Checkpoint.grid).where(Checkpoint.job_id == job_id)
                             .order_by(Checkpoint.stage)).all()
