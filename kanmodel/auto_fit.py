@@ -46,19 +46,31 @@ GRID_EPS = 1.0
 @dataclass(frozen=True)
 class Candidate:
     """One architecture of the search: hidden layer sizes (empty: an additive model,
-    one spline per input and output) and the sparsity weight lamb."""
+    one spline per input and output), the sparsity weight lamb and the optimizer."""
 
     hidden: tuple[int, ...]
     lamb: float = 0.0
+    optimizer: str = "lbfgs"
 
     def width(self, n_in: int, n_out: int) -> list[int]:
         return [n_in, *self.hidden, n_out]
 
 
+# Adam's settings for the candidates that use it: mini-batches are what regularise it.
+ADAM = {"lr": 1e-2, "batch_size": 128}
+
+
 def candidates_for(n_rows: int, n_in: int, task: str) -> list[Candidate]:
     """The architectures tried: from additive (a generalised additive model, the right
-    size for small noisy tables) to one hidden layer wide enough for interactions."""
-    del n_rows, n_in, task
+    size for small noisy tables) to one hidden layer wide enough for interactions.
+    Classification adds sparsity-regularised Adam runs: LBFGS drives the training
+    cross-entropy to 0 within a few dozen steps on the usual small tables, before the
+    validation loss has settled (digits, one fold: 0.94-0.95 accuracy with LBFGS,
+    0.97 with Adam and lamb 1e-3 at [64, 32, 10])."""
+    del n_rows, n_in
+    if task == "classification":
+        return [Candidate(()), Candidate((5,)), Candidate((), 1e-3, "adam"),
+                Candidate((8,), 1e-3, "adam"), Candidate((32,), 1e-3, "adam")]
     return [Candidate(()), Candidate((2,)), Candidate((5,)), Candidate((10,)),
             Candidate((5,), lamb=1e-3)]
 
@@ -101,10 +113,12 @@ class _Trial:
     def config(self) -> dict:
         schedule = list(self.options.grid_schedule)
         kept = schedule[:schedule.index(self.model.grid_size) + 1] if self.model.grid_size in schedule else schedule[:1]
+        options = self.options
         return {"width": list(self.model.width), "grid_schedule": kept, "grid": self.model.grid_size,
-                "k": self.model.k, "grid_eps": self.model.grid_eps, "lamb": self.options.lamb, "optimizer": self.options.optimizer,
-                "steps_per_grid": self.options.steps_per_grid, "val_fraction": self.options.val_fraction,
-                "seed": self.options.seed}
+                "k": self.model.k, "grid_eps": self.model.grid_eps, "lamb": options.lamb,
+                "optimizer": options.optimizer, "lr": options.resolved_lr, "batch_size": options.batch_size,
+                "steps_per_grid": options.steps_per_grid, "patience": options.resolved_patience,
+                "val_fraction": options.val_fraction, "seed": options.seed}
 
 
 def _check_data(X, y, task: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -202,7 +216,8 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
 def _options(candidate: Candidate, val_fraction: float, seed: int, fold: int) -> FitOptions:
     return FitOptions(grid_schedule=list(GRID_SCHEDULE), steps_per_grid=STEPS_PER_GRID,
                       lamb=candidate.lamb, val_fraction=val_fraction, seed=seed, fold=fold,
-                      grid_inputs="all")
+                      grid_inputs="all", optimizer=candidate.optimizer,
+                      **(ADAM if candidate.optimizer == "adam" else {}))
 
 
 def _successive_halving(trials: list[_Trial], data: "_Data", out_of_time, report) -> None:
