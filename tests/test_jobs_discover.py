@@ -146,7 +146,8 @@ def test_cancel_during_discovery_ends_the_child_process(api, caplog):
         deadline = time.monotonic() + 300  # hang guard only
         while time.monotonic() < deadline:
             progress = api.client.get(f"/v1/jobs/{job_id}").json()["progress"]
-            if progress.get("phase") == "discovery" and (progress.get("discovery") or {}).get("attempt"):
+            # a network attempt (the direct search on the data, which comes first, has no shape)
+            if progress.get("phase") == "discovery" and (progress.get("discovery") or {}).get("width"):
                 seen["discovery"] = progress["discovery"]
                 assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
                 return
