@@ -92,6 +92,12 @@ class DirectRouteDispatch:
         await response(scope, receive, send)
 
 
+# Bodies longer than this are parsed on a worker thread by the routes that read them:
+# pydantic took 2-5 ms for 16-64 KiB here, and seconds for tens of megabytes, time the
+# event loop would stall; below it a thread hand-off would cost more than the parse.
+OFF_LOOP_PARSE_BYTES = 16 * 1024
+
+
 async def read_body(request: Request) -> bytes:
     """The request's whole body, read from its receive channel and kept on the request
     as Request.body() keeps it (later readers get the same bytes).

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import bearer_scheme
-from service.api.direct_route import DirectRoute, bearer_token, read_body
+from service.api.direct_route import OFF_LOOP_PARSE_BYTES, DirectRoute, bearer_token, read_body
 from service.api.errors import error_responses, invalid
 from service.api.inference_errors import TooManyRows, status_for
 from service.api.openapi import json_body
@@ -45,9 +45,6 @@ router = APIRouter(tags=["predict"], route_class=DirectRoute)
 PLAIN_PARSE_MAX_VALUES = 64
 PLAIN_PARSE_MAX_BYTES = 4096
 PLAIN_PARSE_MAX_BRACKETS = 128
-# Bodies longer than this are validated on a worker thread: pydantic took 2-5 ms for
-# 16-64 KiB here, and seconds for tens of megabytes, time the event loop would stall.
-OFF_LOOP_PARSE_BYTES = 16 * 1024
 
 
 def _plain_rows(raw: bytes) -> tuple[list, str] | None:

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.body_limit import BodyTooLarge
 from service.api.deps import bearer_scheme
-from service.api.direct_route import DirectRoute, bearer_token, read_body
+from service.api.direct_route import OFF_LOOP_PARSE_BYTES, DirectRoute, bearer_token, read_body
 from service.api.errors import error_responses
 from service.api.inference_errors import TooManyRows, status_for
 from service.api.openapi import json_body
@@ -35,8 +35,6 @@ from service.schemas.v2 import V2InferRequest
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
-# Bodies longer than this are parsed on a worker thread, off the event loop.
-OFF_LOOP_PARSE_BYTES = 16 * 1024
 _SECURED = {"security": [{bearer_scheme.scheme_name: []}]}
 
 PLATFORM = "onnx_onnxv1"
