@@ -18,7 +18,7 @@ from kanserve_harness import HELLOKAN_SPEC, api_harness
 from service.db.models import Checkpoint, Job, ModelVersion
 from service.db.types import utcnow
 from workers import outputs, pipeline, symbolic_runner
-from workers.claim import LeaseLost, claim_job, guarded_update, requeue_stale
+from workers.claim import LeaseLost, claim_job, guarded_update, requeue_stale, take_unsent
 from workers.pipeline import run_job
 from workers.progress import ProgressReporter
 
@@ -337,3 +337,21 @@ def test_worker_shutdown_hands_the_job_back_and_it_resumes_later(api):
     job = api.client.get(f"/v1/jobs/{job_id}").json()
     assert job["deliveries"] == 2 and job["progress"]["resumed_from_stage"] == 1
     assert count(api, ModelVersion, job_id=job_id) == 1
+
+
+def test_queued_jobs_the_broker_lost_are_taken_oldest_first_and_once(api):
+    first, second, third, running = (submit(api) for _ in range(4))
+    assert claim_job(api.session_factory, running, "w1", lease_seconds=5) is not None
+    with api.session_factory() as db:  # all four were queued a minute ago
+        db.execute(sa.update(Job).values(updated_at=utcnow() - timedelta(seconds=60)))
+        db.commit()
+    settled = utcnow() - timedelta(seconds=30)
+    # The broker holds one message for the three queued jobs: the two oldest were lost.
+    assert take_unsent(api.session_factory, "train", 1, settled) == [first, second]
+    # Taken jobs count as just sent: the next sweep takes the third only when the broker
+    # is short of it too, and never the running job or another queue's.
+    assert take_unsent(api.session_factory, "train", 1, settled) == []
+    assert take_unsent(api.session_factory, "train", 0, settled) == [third]
+    assert take_unsent(api.session_factory, "gpu", 0, settled) == []
+    # A job queued after the settling time may still have its message on the way.
+    assert take_unsent(api.session_factory, "train", 0, utcnow() - timedelta(seconds=120)) == []

@@ -7,7 +7,7 @@ another worker took over) learns so at its next write and stops.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,3 +101,32 @@ def requeue_stale(session_factory: sessionmaker[Session], limit: int = 100) -> l
                 requeued.append((job_id, queue))
         db.commit()
     return requeued
+
+
+def take_unsent(session_factory: sessionmaker[Session], queue: str, messages_waiting: int,
+                settled_before: datetime) -> list[str]:
+    """Queued jobs of ``queue`` whose message the broker no longer holds (a broker restarted
+    without persistence, or a re-send that failed while it was down); returns their ids, to
+    send again.
+
+    Jobs queued before ``settled_before`` have had their message sent; when they outnumber
+    the ``messages_waiting`` in the broker (counted before calling), the difference was
+    lost, and the oldest of them are the ones (the broker hands out in order). Each one
+    taken is marked (updated_at) so that only one sweeping worker re-sends it; a message
+    that survived after all only makes a second delivery, which the claim turns away.
+    """
+    waiting_since = sa.and_(Job.queue == queue, Job.status == "queued", Job.lease_expires_at.is_(None),
+                            Job.updated_at < settled_before)
+    taken = []
+    with session_factory() as db:
+        settled = db.scalar(sa.select(sa.func.count()).select_from(Job).where(waiting_since))
+        if settled <= messages_waiting:
+            return []
+        oldest = db.scalars(sa.select(Job.id).where(waiting_since).order_by(Job.created_at)
+                            .limit(settled - messages_waiting)).all()
+        for job_id in oldest:
+            result = db.execute(sa.update(Job).where(Job.id == job_id, waiting_since).values(updated_at=utcnow()))
+            if result.rowcount == 1:
+                taken.append(job_id)
+        db.commit()
+    return taken

@@ -6,15 +6,18 @@ import multiprocessing
 import os
 import socket
 import threading
+from datetime import timedelta
 
 import torch
 from celery import signals
 from celery.exceptions import Reject
+from kombu.exceptions import ChannelError
 
 from service.config import get_settings
 from service.db.session import make_engine, make_session_factory
-from service.jobs.queue import TRAIN_TASK, app
-from workers.claim import requeue_stale
+from service.db.types import utcnow
+from service.jobs.queue import QUEUES, TRAIN_TASK, app
+from workers.claim import requeue_stale, take_unsent
 from workers.pipeline import run_job
 
 log = logging.getLogger(__name__)
@@ -63,13 +66,36 @@ def train(self, job_id: str) -> str | None:
 
 
 def sweep_stale_jobs() -> int:
-    """Re-sends jobs whose worker is gone (lease lapsed, or handed back); returns how many."""
+    """Re-sends jobs whose worker is gone (lease lapsed, or handed back) and queued jobs
+    whose message the broker lost; returns how many."""
     requeued = requeue_stale(_session_factory())
     for job_id, queue in requeued:
         log.warning("job %s: its worker is gone (lease lapsed, or handed back at shutdown); re-queued on %s",
                     job_id, queue)
         app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
-    return len(requeued)
+    return len(requeued) + resend_lost_messages()
+
+
+def resend_lost_messages() -> int:
+    # A job is "settled" once its message had time to reach the broker: two sweeps after it was queued.
+    settled_before = utcnow() - timedelta(seconds=2 * get_settings().reaper_interval_seconds)
+    resent = 0
+    for queue in QUEUES:
+        waiting = _messages_waiting(queue)  # before the database count: a job taken in between is not re-sent
+        for job_id in take_unsent(_session_factory(), queue, waiting, settled_before):
+            log.warning("job %s: queued, but the broker no longer holds its message (restarted?); re-sent on %s",
+                        job_id, queue)
+            app.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+            resent += 1
+    return resent
+
+
+def _messages_waiting(queue: str) -> int:
+    with app.connection_for_write() as connection:
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except ChannelError:  # the broker does not know the queue: nothing waits in it
+            return 0
 
 
 def _reaper_loop(stop: threading.Event, interval: float) -> None:
