@@ -173,3 +173,26 @@ def test_the_job_time_limit_ends_discovery_and_its_child(tmp_path, caplog):
         job = api.client.get(f"/v1/jobs/{job_id}").json()
         assert "longer than the limit of 4 s" in job["error"] and job["model"] is None
     assert_child_killed_and_reaped(caplog)
+
+
+def test_columns_whose_names_cannot_be_variables_get_stand_ins_in_the_formula(api):
+    rng = np.random.default_rng(4)
+    mass, speed = rng.uniform(1, 4, 300), rng.uniform(1, 4, 300)
+    rows = "\n".join(f"{m:.17g},{v:.17g},{m * v:.17g}" for m, v in zip(mass, speed))
+    upload = api.client.post("/v1/datasets", content="mass (kg),lambda,momentum\n" + rows,
+                             headers={"content-type": "text/csv"})
+    assert upload.status_code == 201, upload.text
+    spec = {"name": "momentum", "data": {"dataset_id": upload.json()["id"], "target": ["momentum"]},
+            "model": {"width": [2, 1]}, "train": QUICK_TRAIN, "symbolic": {"time_budget_seconds": 60},
+            "export": {"onnx": True, "plots": False}}
+    run_to_end(api, spec)
+    version = api.client.get("/v1/models/momentum/versions/1").json()
+    assert version["input_names"] == ["mass (kg)", "lambda"]
+    [formula] = version["formulas"]
+    assert formula["exact"] is True
+    assert set(re.findall(r"[A-Za-z_]\w*", formula["expression"])) == {"mass_kg", "lambda_"}
+    assert any("mass_kg = column 'mass (kg)'" in note for note in version["metrics"]["notes"])
+    served = api.client.post("/v1/models/momentum/predict",
+                             json={"inputs": {"mass (kg)": [2.0, 3.5], "lambda": [1.5, 2.0]}, "engine": "formula"})
+    assert served.status_code == 200, served.text
+    assert np.allclose(np.asarray(served.json()["outputs"])[:, 0], [3.0, 7.0], rtol=1e-5)

@@ -17,6 +17,7 @@ from kanmodel.plots import plot_loss, plot_network
 from service.schemas.jobspec import JobSpec
 from service.schemas.resources import FormulaOut
 from workers.finite import finite_or_none
+from workers.formula_variables import formula_variables, renaming_note
 from workers.symbolic_runner import ExtractedFormula, SymbolicRequest, SymbolicStopped, search_in_subprocess
 from workers.training_data import TrainingData
 
@@ -55,6 +56,7 @@ class OutputBuilder:
                  should_stop: Callable[[], bool], on_discovery: Callable[[dict], None] | None = None):
         self.spec, self.data, self.set_phase, self.should_stop = spec, data, set_phase, should_stop
         self.on_discovery = on_discovery
+        self.variables = formula_variables(data.input_names)
 
     def build(self, model: kanmodel.KAN) -> Outputs:
         """Prune and extract or discover formulas (the slow, version-independent part)."""
@@ -108,7 +110,7 @@ class OutputBuilder:
         return SymbolicRequest(
             model_blob=kanmodel.to_bytes(outputs.model), X_fit=data.X[fit_rows], y_fit=data.y[fit_rows],
             X_val=data.X[val_rows], y_val=data.y[val_rows], library=self.spec.symbolic.library,
-            variables=data.input_names, time_budget=self.spec.symbolic.time_budget_seconds)
+            variables=self.variables, time_budget=self.spec.symbolic.time_budget_seconds)
 
     def _discover_request(self) -> SymbolicRequest:
         """discover sees every row and holds out its own (seeded by train.seed), so the job's
@@ -117,7 +119,7 @@ class OutputBuilder:
         empty = np.empty((0, data.X.shape[1]))
         return SymbolicRequest(
             model_blob=None, X_fit=data.X, y_fit=data.y, X_val=empty, y_val=np.empty((0, data.y.shape[1])),
-            library=spec.symbolic.library, variables=data.input_names,
+            library=spec.symbolic.library, variables=self.variables,
             time_budget=spec.symbolic.time_budget_seconds, mode="discover", seed=spec.train.seed,
             first_width=spec.given_width)
 
@@ -128,6 +130,9 @@ class OutputBuilder:
             outputs.notes.append(str(exc))
             return
         outputs.formulas = result.formulas
+        note = renaming_note(self.data.input_names, self.variables)
+        if note and outputs.formulas:
+            outputs.notes.append(note)
         if request.mode == "discover":
             outputs.discovery = result.summary
 
@@ -139,7 +144,7 @@ class OutputBuilder:
         if outputs.formulas:
             outputs.artifacts.append(ArtifactBlob(
                 "formula_onnx", f"{self.spec.name}-v{version}-formula.onnx", "application/octet-stream",
-                formula_to_onnx([f.expr for f in outputs.formulas], variables=self.data.input_names,
+                formula_to_onnx([f.expr for f in outputs.formulas], variables=self.variables,
                                 task=self.spec.task, **names)))
 
     def _plots(self, outputs: Outputs, history: list[dict]) -> None:
