@@ -114,6 +114,7 @@ def _recording_loop_use(monkeypatch, module, name: str) -> list[bool]:
 
 def test_large_bodies_are_parsed_off_the_event_loop_and_small_ones_on_it(env, monkeypatch):
     on_loop_predict = _recording_loop_use(monkeypatch, predict, "_parse")
+    on_loop_predict_large = _recording_loop_use(monkeypatch, predict, "_parse_large")
     on_loop_infer = _recording_loop_use(monkeypatch, v2, "parse_infer_request")
     rows = np.random.default_rng(0).uniform(-1, 1, (2000, 2))
     large_predict = {"inputs": rows.tolist()}
@@ -127,7 +128,7 @@ def test_large_bodies_are_parsed_off_the_event_loop_and_small_ones_on_it(env, mo
         np.testing.assert_allclose(np.array(large.json()["outputs"])[:, 0], rows.sum(axis=1), atol=1e-6)  # float32
         assert client.post("/v2/models/m/infer", json=INFER).status_code == 200
         assert client.post("/v2/models/m/infer", json=large_infer).status_code == 200
-    assert on_loop_predict == [True, False]
+    assert on_loop_predict == [True] and on_loop_predict_large == [False]
     assert on_loop_infer == [True, False]
 
 

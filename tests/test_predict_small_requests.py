@@ -3,6 +3,8 @@ ones: the parse of small positional-rows bodies accepts exactly what the Predict
 schema accepts, with the same values (everything else is left to the schema, which
 words the errors), and the labels are numpy's argmax."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -92,3 +94,43 @@ def test_labels_are_the_argmax_of_each_row_first_on_ties(rows):
     assert _labels(probabilities, names) == expected and expected[0] == "cat"
     probabilities[-1] = [np.nan, 0.1, 0.2]  # NaN rows follow numpy's argmax on both paths
     assert _labels(probabilities, names) == [names[i] for i in probabilities.argmax(axis=1)]
+
+
+def _large(inputs, **extra) -> bytes:
+    return json.dumps({"inputs": inputs, **extra}).encode()
+
+
+_ROW = [0.5, -0.25]
+LARGE = [
+    _large([_ROW] * 3000),
+    _large([_ROW] * 3000, engine="formula", extra={"ignored": True}),
+    _large({"x0": [0.5] * 3000, "x1": [1] * 3000}),
+    _large([_ROW] * 2500 + [[True, 1.0]] + [_ROW] * 10),      # an error past the first slice
+    _large([_ROW] * 2500 + [["1.0", None]]),
+    _large([_ROW] * 2500 + [1.0]),
+    _large({"x0": [0.5] * 3000, "x1": [0.5] * 2100 + ["a"]}),
+    _large({"x0": [0.5] * 3000, "x1": "column"}, padding=" " * 5000),
+    _large([_ROW] * 3000, engine="magic"),
+    _large({}) + b" " * 20_000,
+    _large([_ROW] * 3000)[:-1],                                  # not JSON
+    _large([_ROW] * 3000).replace(b"0.5", b"NaN", 1),            # orjson refuses, pydantic words it
+    json.dumps({"engine": "spline", "rows": [_ROW] * 3000}).encode(),
+    json.dumps([[_ROW] * 3000]).encode(),
+]
+
+
+def _outcome(parse, raw: bytes):
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        return parse(raw)
+    except RequestValidationError as exc:
+        return [(tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+
+
+@pytest.mark.parametrize("raw", LARGE, ids=range(len(LARGE)))
+def test_large_bodies_parsed_in_slices_agree_with_the_schema(raw):
+    from service.api.predict import OFF_LOOP_PARSE_BYTES, _parse, _parse_large
+
+    assert len(raw) > OFF_LOOP_PARSE_BYTES
+    assert _outcome(_parse_large, raw) == _outcome(_parse, raw)

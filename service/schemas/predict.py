@@ -17,6 +17,8 @@ Rows = Annotated[list[Annotated[list[Finite], Field(json_schema_extra={"minItems
 Columns = Annotated[dict[str, Annotated[list[Finite], Field(json_schema_extra={"minItems": 1})]],
                     Field(json_schema_extra={"minProperties": 1})]
 ROWS, COLUMNS = TypeAdapter(Rows), TypeAdapter(Columns)
+# The same checks, for validating a long body in slices: a list of rows, one column's values.
+ROW_LIST, VALUES = TypeAdapter(list[list[Finite]]), TypeAdapter(list[Finite])
 ENGINES = ("spline", "formula")
 
 
