@@ -161,3 +161,19 @@ def test_a_job_killed_after_the_search_resumes_with_the_chosen_model(api, monkey
     version = api.client.get("/v1/models/resumed/versions/1").json()
     assert_architecture_recorded(version)
     assert_served_like_torch(api, "resumed", X[:10])
+
+
+def test_a_diverged_search_fails_the_job_with_what_the_user_can_change(api, monkeypatch):
+    from workers import architecture
+
+    def diverging(*args, **kwargs):
+        raise kanmodel.TrainingDiverged("training diverged at stage 1 (grid 5), step 9: the loss became nan.")
+
+    monkeypatch.setattr(architecture.kanmodel, "auto_fit", diverging)
+    X = np.random.default_rng(3).uniform(1, 3, (50, 2))
+    body = {"name": "diverged", "data": {"inline": {"X": X.tolist(), "y": X[:, :1].tolist()}}}
+    job_id = api.client.post("/v1/jobs", json=body).json()["id"]
+    assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert "automatic architecture search failed" in job["error"] and "model.width" in job["error"]
+    assert api.client.get("/v1/models/diverged").status_code == 404

@@ -41,6 +41,13 @@ def choose_architecture(claim: Claim, spec: JobSpec, data: TrainingData, device:
         result = kanmodel.auto_fit(data.X, targets, task=spec.task, val_fraction=train.val_fraction,
                                    seed=train.seed, time_budget=train.time_budget_seconds,
                                    progress=reporter.on_candidate, should_stop=stop, device=device.type)
+    except kanmodel.TrainingDiverged as exc:
+        if stop():
+            return None
+        # The spec has no lr or optimizer to change here: say what the user can do instead.
+        raise kanmodel.TrainingDiverged(
+            f"the automatic architecture search failed: {exc} Give model.width (and train options) to "
+            "choose the network yourself.") from exc
     except Exception:
         if stop():  # the search gave up because the job is stopping; the caller says how it ends
             return None
