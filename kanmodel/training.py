@@ -115,6 +115,9 @@ class FitOptions:
     lamb_l1: float = 1.0
     lamb_entropy: float = 2.0
     lamb_warmup: float = 0.0
+    # weight_decay * (sum of squared weights and coefficients, biases excluded) is added
+    # to the loss: an L2 penalty, which keeps a separable classification's optimum finite.
+    weight_decay: float = 0.0
     val_fraction: float = 0.2
     patience: int | None = None
     seed: int = 0
@@ -146,6 +149,8 @@ class FitOptions:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.lamb < 0 or not 0 <= self.lamb_warmup <= 1:
             raise ValueError(f"need lamb >= 0 and 0 <= lamb_warmup <= 1, got {self.lamb}, {self.lamb_warmup}")
         if not 0 <= self.val_fraction < 1:
@@ -197,9 +202,15 @@ class _Data:
 class _Objective:
     """Data loss (+ sparsity penalty) in standardised space, and the loss users read."""
 
-    def __init__(self, model: KAN, lamb_l1: float, lamb_entropy: float):
+    def __init__(self, model: KAN, lamb_l1: float, lamb_entropy: float, weight_decay: float = 0.0):
         self.model, self.lamb_l1, self.lamb_entropy = model, lamb_l1, lamb_entropy
+        self.weight_decay = weight_decay
         self.classification = model.task == "classification"
+
+    def penalty(self) -> torch.Tensor:
+        """Sum of squared coefficients and edge weights over all layers."""
+        return sum((layer.coef ** 2).sum() + (layer.base_weight ** 2).sum() + (layer.spline_weight ** 2).sum()
+                   for layer in self.model.layers)
 
     def forward(self, data: _Data, lamb: float) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (objective to minimise, reported loss (detached))."""
@@ -212,6 +223,8 @@ class _Objective:
         if lamb > 0:
             edges = [acts for _, acts in layers]
             data_loss = data_loss + lamb * sparsity_penalty(edges, self.lamb_l1, self.lamb_entropy)
+        if self.weight_decay > 0:
+            data_loss = data_loss + self.weight_decay * self.penalty()
         return data_loss, reported
 
     def data_loss(self, output: torch.Tensor, target: torch.Tensor):
@@ -475,7 +488,7 @@ class _Run:
         self.train_rows = torch.from_numpy(train_rows).to(X.device)
         self.val_rows = torch.from_numpy(val_rows).to(X.device)
         self.target = target
-        self.objective = _Objective(model, options.lamb_l1, options.lamb_entropy)
+        self.objective = _Objective(model, options.lamb_l1, options.lamb_entropy, options.weight_decay)
         self.best = _BestState()
 
     def _data(self) -> tuple[_Data, _Data | None]:

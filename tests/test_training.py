@@ -246,3 +246,15 @@ def test_metrics_report_r2_beside_rmse():
     assert result.metrics["val_r2"] == pytest.approx(r2, abs=1e-5)
     assert result.metrics["val_rmse"] == pytest.approx(result.val_loss, rel=1e-5)
     assert set(result.metrics) == {"train_rmse", "train_r2", "val_rmse", "val_r2"}
+
+
+def test_weight_decay_keeps_separable_weights_small():
+    x, labels = separable_table(2)
+    sizes = {}
+    for decay in (0.0, 1e-2):
+        model = kanmodel.KAN([2, 2], grid=3, task="classification", seed=0)
+        kanmodel.fit(model, x, labels, grid_schedule=[3], steps_per_grid=100, val_fraction=0.0,
+                     weight_decay=decay)
+        assert bool((model.predict_proba(x).argmax(1) == labels).all())
+        sizes[decay] = float(sum((p ** 2).sum() for n, p in model.named_parameters() if "bias" not in n))
+    assert sizes[1e-2] < 0.5 * sizes[0.0]
