@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import sqlalchemy as sa
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,11 +77,26 @@ def run_job(job_id: str, session_factory: sessionmaker[Session], settings: Setti
         return None
     except (JobFailed, kanmodel.TrainingDiverged, DataError) as exc:
         return _fail(session_factory, claim, reporter, str(exc))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        # The database went away (restart, failover): not the job's fault, so not a failure.
+        log.warning("job %s: the database is unavailable (%s); handing the job back", job_id, type(exc).__name__)
+        return _hand_back(session_factory, claim, reporter)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         phase = reporter.progress.get("phase", "start")
         return _fail(session_factory, claim, reporter,
                      f"internal error during {phase}: {type(exc).__name__}: {exc}"[:2000])
+
+
+def _hand_back(session_factory, claim: Claim, reporter: ProgressReporter) -> str | None:
+    """Queued again, to resume from its last checkpoint; while the database is still away
+    the lease lapses instead and the stale-job sweep re-queues it. "queued" or None."""
+    reporter.note("the database was unavailable mid-job; the job was re-queued and resumes from its last checkpoint")
+    try:
+        release(session_factory, claim, progress={**reporter.progress, "phase": "queued"})
+    except (LeaseLost, sa.exc.OperationalError, sa.exc.InterfaceError):
+        return None
+    return "queued"
 
 
 def _fail(session_factory, claim: Claim, reporter: ProgressReporter, message: str) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -86,6 +87,15 @@ def install_error_handlers(app: FastAPI) -> None:
             # served by several routes (GET and POST /v1/jobs) allows all of theirs.
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(app, request.scope["path"]))}
         return await http_exception_handler(request, exc)
+
+    async def _database_unavailable(request: Request, exc: sa.exc.DBAPIError) -> JSONResponse:
+        # The database is down or restarting: the pool reconnects once it is back.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    for lost_connection in (sa.exc.OperationalError, sa.exc.InterfaceError):
+        app.add_exception_handler(lost_connection, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

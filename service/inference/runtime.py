@@ -35,6 +35,9 @@ from service.inference.settings import ServingSettings
 # to_matrix(served, predictor) -> (rows, n_in) float32; raises on bad input.
 ToMatrix = Callable[[ServedModel, OnnxPredictor], np.ndarray]
 
+# The database is down or restarting (the engine reconnects once it is back).
+DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
 # Requests of at most this many rows are converted on the event loop (microseconds);
 # bigger ones on the pool, so that one large request cannot stall the others.
 INLINE_ROWS = 64
@@ -144,12 +147,18 @@ class InferenceRuntime:
         self._forget_if_revoked()
         key_hash = hash_key(api_key)
         if self._active_keys.get(key_hash) is None:
-            await self.call(self._check_key, key_hash)
+            try:
+                await self.call(self._check_key, key_hash)
+            except DATABASE_DOWN:
+                # A key this process saw active, and did not revoke, is taken as still
+                # active until the database can say otherwise.
+                if self._active_keys.last_known(key_hash) is None:
+                    raise
 
     async def infer(self, api_key: str | None, name: str, version: int | None, engine: str,
                     to_matrix: ToMatrix, n_rows: int) -> Inference:
         """n_rows: how many rows the request holds (decides where it is converted)."""
-        found = self.recent(api_key, name, version, engine) or await self._resolve_shared(
+        found = self.recent(api_key, name, version, engine) or await self._resolve_or_last_known(
             api_key, name, version, engine)
         served, predictor, ranges = found
         if n_rows <= INLINE_ROWS:
@@ -158,6 +167,18 @@ class InferenceRuntime:
             x = await self.call(to_matrix, served, predictor)
         values = await self._batcher(served.cache_key, predictor).submit(x)
         return Inference(served, predictor, x, dict(zip(predictor.output_names, values)), ranges)
+
+    async def _resolve_or_last_known(self, api_key, name, version, engine):
+        """resolve(), or while the database is unreachable the last version this request
+        named, if its graph is still loaded: predictions go on through an outage."""
+        try:
+            return await self._resolve_shared(api_key, name, version, engine)
+        except DATABASE_DOWN:
+            known = self._lookups.last_known(_lookup_key(api_key, name, version, engine))
+            predictor = None if known is None else self.cache.get_if_cached(known[0].cache_key)
+            if predictor is None:
+                raise
+            return known[0], predictor, known[1]
 
     async def _resolve_shared(self, api_key, name, version, engine):
         """resolve() on the pool, once for all the requests that ask the same while it
