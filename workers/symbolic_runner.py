@@ -117,9 +117,10 @@ def _discover_search(request: SymbolicRequest, send_progress: Callable[[dict], N
 
     found = kanmodel.discover(request.X_fit, request.y_fit, progress=send_progress, **discover_options(request))
     metrics = found.metrics
+    # The space and width of the network the formula came from (not the served network).
     summary = {"space": found.space, "width": metrics.get("width"), "method": metrics.get("method"),
                "attempts": metrics.get("attempts"), "stopped": metrics.get("stopped"),
-               "seconds": _round(metrics.get("seconds")), "spline_rmse": metrics.get("spline_rmse")}
+               "seconds": _round(metrics.get("seconds"))}
     return SearchResult(_extracted(found.formulas), summary)
 
 
