@@ -1,14 +1,18 @@
-"""A job with only a name and data, end to end in the production shape (PostgreSQL +
-Redis + gateway + Celery worker): the architecture search and the formula discovery
-show in the event stream, and the registered model serves the discovered formula."""
+"""Discovery jobs end to end in the production shape (PostgreSQL + Redis + gateway +
+Celery worker): a job with only a name and data shows the architecture search and the
+formula discovery in its event stream and serves the library's formula; a cancel during
+discovery kills the worker's child process."""
 from __future__ import annotations
+
+import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 import kanmodel
-from kanserve_harness import follow_events, log_text
+from kanserve_harness import follow_events, log_text, wait_for_job
 from service.datasets.formula_data import generate
 from service.schemas.jobspec import FormulaSource
 
@@ -55,3 +59,23 @@ def test_a_job_with_only_data_discovers_its_formula(production_stack):
     finally:
         torch.set_num_threads(threads)
     assert formula["expression"] == found.formulas[0].text
+
+
+def test_cancel_during_discovery_ends_the_workers_child_process(production_stack):
+    spec = {"name": "endless", "model": {"width": [2, 3, 1]},
+            "data": {"formula": "exp(sin(pi*x0) + x1**2)", "ranges": {"x0": [-1, 1], "x1": [-1, 1]},
+                     "n_samples": 400},
+            "train": {"grid_schedule": [3], "steps_per_grid": 5}, "symbolic": {"time_budget_seconds": 600}}
+    with production_stack.client() as client:
+        job_id = client.post("/v1/jobs", json=spec).json()["id"]
+        running = wait_for_job(client, job_id, ("running",), timeout=300,
+                               predicate=lambda job: (job["progress"].get("discovery") or {}).get("width"))
+        assert running["progress"]["phase"] == "discovery"
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+        job = wait_for_job(client, job_id, ("cancelled", "succeeded", "failed"), timeout=120)  # hang guard
+        assert job["status"] == "cancelled" and job["model"] is None, (job, log_text(production_stack))
+    log = (production_stack.logs / f"worker-{production_stack.worker_starts}.log").read_text()
+    [pid] = re.findall(r"symbolic extraction: child process (\d+) started", log)[-1:]
+    assert re.search(rf"child process {pid} ended with exit code -9", log), log[-3000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)  # signal 0 only checks existence; a zombie would still answer
