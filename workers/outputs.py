@@ -1,7 +1,8 @@
 """What a trained job leaves behind besides the model: pruned network, formulas
-(discovered from the data, or extracted from the trained network), ONNX graphs, plots. Each step runs when the spec asks for it; a step that fails is recorded
-as a note instead of failing the job, because the trained network itself is still
-worth registering."""
+(discovered from the data, or extracted from the trained network), ONNX graphs, plots.
+Each step runs when the spec asks for it; a step that fails is recorded as a note
+instead of failing the job, because the trained network itself is still worth
+registering."""
 from __future__ import annotations
 
 import hashlib

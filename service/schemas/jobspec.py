@@ -146,9 +146,10 @@ Width = Annotated[
 
 class ModelSpec(StrictModel):
     width: Width = Field(
-        "auto", validate_default=True, description="Layer widths [inputs, hidden..., outputs], or \"auto\" (the default): the job chooses "
-                          "width, depth, grid schedule and regularisation by validation error within "
-                          "train.time_budget_seconds.")
+        "auto", validate_default=True,
+        description="Layer widths [inputs, hidden..., outputs], or \"auto\" (the default): the job chooses "
+                    "width, depth, grid schedule and regularisation by validation error within "
+                    "train.time_budget_seconds.")
     grid: int | None = Field(None, ge=1, description="Default and required value: train.grid_schedule[0].")
     k: int = Field(3, ge=1, le=5, description="Spline order (a given width only).")
     seed: Seed = 0
