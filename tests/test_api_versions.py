@@ -68,7 +68,8 @@ def test_good_versions_resolve_to_the_number_they_write(client):
 
 
 def test_parse_version():
-    assert parse_version("7") == 7 and parse_version("latest") is None and parse_version(str(MAX_VERSION)) == MAX_VERSION
+    assert parse_version("7") == 7 and parse_version("latest") is None
+    assert parse_version(str(MAX_VERSION)) == MAX_VERSION
     for text in ("", "²", "١", "+1", " 1", "1 ", "0", "00", str(MAX_VERSION + 1), "1" * 5000, "LATEST"):
         with pytest.raises(BadVersion):
             parse_version(text)

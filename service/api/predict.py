@@ -143,8 +143,9 @@ def _parse_large(raw: bytes) -> tuple[Any, str]:
     """_parse for large bodies, run on a worker thread; the same answers and errors.
 
     A thread alone does not free the event loop: pydantic's JSON validation holds the
-    GIL for the whole body (0.4-1.8 s for 16 MB, measured). orjson's parse, then the
-    values validated in slices, gave the loop a turn at least every ~150 ms there.
+    GIL, and so the loop, for the whole body. orjson's parse holds it too, but is
+    quicker, and the values are then validated in slices between which the loop runs:
+    about half the loop's longest stall (docs/benchmarks.md, "Large predict bodies").
     A body of another shape, or with a bad value, is left to _parse, which words the
     errors as for any body."""
     try:
@@ -162,6 +163,7 @@ def _parse_large(raw: bytes) -> tuple[Any, str]:
 
 
 def _in_slices(adapter: TypeAdapter, items: Any, size: int = 2048) -> list:
+    """adapter.validate_python(items), `size` items per call when items is a list."""
     if type(items) is not list:
         return adapter.validate_python(items)
     validated = []
