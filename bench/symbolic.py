@@ -1,18 +1,23 @@
-"""Symbolic formula recovery benchmark: kanmodel.discover's default recipe on every
-case of ../shared/benchmarks/formulas.json, optionally PyKAN 0.2.8 beside it.
+"""Symbolic formula recovery benchmark: kanmodel.discover's default recipe on the
+public suites, ../shared/benchmarks/formulas.json ("formulas") and
+../shared/benchmarks/feynman_public.json ("feynman", the public half of the AI
+Feynman database), optionally PyKAN 0.2.8 beside it on "formulas".
 
 A case is recovered when the formula, evaluated in float64 on 2000 fresh points from
-the case's ranges, has RMSE / std(y) <= 1e-5 (the rule stated in that file).
+the case's ranges, has RMSE / std(y) <= 1e-5 (the rule stated in those files).
 
-    .venv/bin/python bench/symbolic.py                       # ours, all cases, writes the docs
-    .venv/bin/python bench/symbolic.py --cases I.12.1 toy-seed --no-docs
-    .venv/bin/python bench/symbolic.py --pykan               # PyKAN only, in .bench-venv
-    .venv/bin/python bench/symbolic.py --report              # rewrite the table only
+    .venv/bin/python bench/symbolic.py                          # both suites, 2 cases at a time
+    .venv/bin/python bench/symbolic.py --suite feynman --cases I.12.1 I.15.1 --jobs 1 --no-docs
+    .venv/bin/python bench/symbolic.py --time-budget 60        # discover's time_budget per case
+    .venv/bin/python bench/symbolic.py --pykan                  # PyKAN only, in .bench-venv
+    .venv/bin/python bench/symbolic.py --report                 # rewrite the table only
 
-Results go to bench/results/symbolic.json (ours) and bench/results/pykan_symbolic.json
-(PyKAN); the table in docs/benchmarks.md is written from both files. The PyKAN side
-runs this same file under .bench-venv/bin/python with --pykan-worker (it imports
-`kan`, never `kanmodel`) and hands back JSON on stdout.
+Each case runs in its own process with one torch thread (--jobs at a time). Results
+are merged case by case into bench/results/symbolic.json ("formulas") and
+bench/results/symbolic_feynman.json, so a rerun of some cases keeps the rest; the
+tables in docs/benchmarks.md are written from those files. The PyKAN side runs this
+same file under .bench-venv/bin/python with --pykan-worker (it imports `kan`, never
+`kanmodel`) and hands back JSON on stdout.
 """
 from __future__ import annotations
 
@@ -28,16 +33,21 @@ import numpy as np
 from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES_FILE = ROOT.parent / "shared" / "benchmarks" / "formulas.json"
+SUITES = {"formulas": ROOT.parent / "shared" / "benchmarks" / "formulas.json",
+          "feynman": ROOT.parent / "shared" / "benchmarks" / "feynman_public.json"}
+CASES_FILE = SUITES["formulas"]
 RESULTS = ROOT / "bench" / "results"
+RESULT_FILES = {"formulas": RESULTS / "symbolic.json", "feynman": RESULTS / "symbolic_feynman.json"}
+ANCHOR = ("SRBench (La Cava et al. 2021), Feynman set, noiseless, exact symbolic recovery: "
+          "AI Feynman 55.8%, AFP_FE 27%, GP-GOMEA 26.8%, DSR 19.7%")
 SECTION = "## Symbolic formula recovery"
 N_TRAIN = 2000
 N_TEST = 2000
 RECOVERED = 1e-5
 
 
-def load_cases(ids: list[str] | None) -> list[dict]:
-    cases = json.loads(CASES_FILE.read_text())["cases"]
+def load_cases(ids: list[str] | None, suite: str = "formulas") -> list[dict]:
+    cases = json.loads(SUITES[suite].read_text())["cases"]
     if ids:
         unknown = set(ids) - {c["id"] for c in cases}
         if unknown:
@@ -69,21 +79,58 @@ def relative_error(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.sqrt(np.mean((pred - y) ** 2)) / np.std(y))
 
 
-def run_ours(case: dict) -> dict:
+def truth_size(case: dict) -> int:
+    import sympy
+    from kanmodel.search.terms import expression_size
+    names = list(case["ranges"])
+    return expression_size(sympy.sympify(case["formula"], locals={n: sympy.Symbol(n) for n in names}))
+
+
+def run_ours(case: dict, time_budget: float | None = None) -> dict:
     import torch
     import kanmodel
+    from kanmodel.search.terms import expression_size
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     names = list(case["ranges"])
     X, y = sample(case, N_TRAIN, seed=1)
     X_test, y_test = sample(case, N_TEST, seed=2)
+    options = {} if time_budget is None else {"time_budget": time_budget}
     started = time.monotonic()
-    found = kanmodel.discover(X, y, variables=names)
+    found = kanmodel.discover(X, y, variables=names, **options)
     seconds = time.monotonic() - started
     formula = found.formulas[0]
     error = relative_error(formula.func(X_test), y_test)
     return {"id": case["id"], "truth": case["formula"], "formula": formula.text,
+            "size": expression_size(formula.expr), "truth_size": truth_size(case),
             "error": error, "recovered": error <= RECOVERED, "seconds": seconds,
+            "method": found.metrics["method"], "stopped": found.stopped,
             "space": found.space, "width": found.metrics["width"], "attempts": found.metrics["attempts"]}
+
+
+def _run_case(args: tuple[dict, float | None]) -> dict:
+    case, time_budget = args
+    try:
+        return run_ours(case, time_budget)
+    except Exception as exc:  # a crash is that case's result, not the end of the run
+        return {"id": case["id"], "truth": case["formula"], "formula": f"error: {type(exc).__name__}: {exc}"[:200],
+                "size": 0, "truth_size": truth_size(case), "error": float("inf"), "recovered": False,
+                "seconds": 0.0, "method": "-", "stopped": "-", "space": "-", "width": [], "attempts": 0}
+
+
+def run_suite(cases: list[dict], jobs: int, time_budget: float | None):
+    """Yields each case's result as it finishes; `jobs` processes, one case each at a time."""
+    import concurrent.futures
+    import multiprocessing
+    if jobs <= 1:
+        for case in cases:
+            yield _run_case((case, time_budget))
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                                max_tasks_per_child=1) as pool:
+        futures = [pool.submit(_run_case, (case, time_budget)) for case in cases]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
 
 
 # ---------------------------------------------------------------- PyKAN (benchmark venv)
@@ -172,54 +219,67 @@ def _cell(text: str, limit: int = 90) -> str:
     return "`" + (text if len(text) <= limit else text[: limit - 3] + "...") + "`"
 
 
-def table(ours: list[dict], pykan: list[dict] | str | None, command: str,
+RECIPE = ("One recipe for every case, `kanmodel.discover` with its defaults (see `kanmodel/discover.py` "
+          "and `kanmodel/search/recipe.py`): first a direct search on the data: the target y, and y "
+          "divided by its power-law part, under each transform the data allow (identity, log, 1/y, y^2, "
+          "1/y^2, sqrt, sin, cos, exp); for each, a full polynomial pruned while exact, a sparse sum of "
+          "dictionary terms (monomials with small integer and half powers, sin/cos/exp/log of a variable "
+          "or of a product or ratio of two, times small monomials) by a beam search with orthogonal least "
+          "squares, and a ratio of two sparse polynomials from the null space of [N, -T(y) D]; constants "
+          "snapped to simple rationals times pi or sqrt(2) where the data agree; the smallest exact "
+          "formula on the Pareto front of size against held-out error. Then (when nothing is exact) "
+          "network shapes [n,1], [n,1,1], [n,2,1], [n,2,1,1], each first in log space then raw, edges "
+          "fitted with the function library, composed and refitted in float64, and a separability step "
+          "on the best network as the oracle; one network is always trained, to be served.")
+
+
+def table(results: dict[str, list[dict]], pykan: list[dict] | str | None, commands: dict[str, str],
           pykan_command: str | None, note: str | None = None) -> str:
     lines = [SECTION, "",
-             f"Measured with `{command}`" + (f" and `{pykan_command}`" if pykan_command else "") +
-             " (2 CPU cores shared with other work, one torch thread per run)" +
-             (f"; {note}." if note else "."),
+             "Measured with " + " and ".join(f"`{c}`" for c in dict.fromkeys(commands.values())) +
+             (f" and `{pykan_command}`" if pykan_command else "") +
+             " (2 CPU cores shared with other work, one torch thread per case)" + (f"; {note}." if note else "."),
              f"Rule: formula RMSE / std(y) <= {RECOVERED:g} on {N_TEST} fresh float64 points; "
-             f"{N_TRAIN} training points per case (`discover` holds out 20% of them).", "",
-             "One recipe for every case, `kanmodel.discover` with its defaults (see "
-             "`kanmodel/discover.py`): network shapes [n,1], [n,1,1], [n,2,1], [n,2,1,1] "
-             "in turn, each first in log space (log y on log x, only when all data are positive) "
-             "then raw; Adam on grid 3, prune, LBFGS on grids 5, 10, 20 (float64); every edge "
-             "fitted with the function library, composed, all constants refitted in float64 on "
-             "the whole formula, next-best edge candidates tried while the formula is not exact, "
-             "constants rounded and the formula simplified only where the data agree; stop at "
-             "the first formula exact on the held-out rows. After the third shape, a separability "
-             "step (sums and products of one variable and the rest, tested on the best network "
-             "so far as the oracle, down to 1-D slices fitted with the library). Shapes with "
-             "hidden layers that did not converge are retrained with seeds 1-4. 165 s budget.", ""]
-    by_id = {r["id"]: r for r in pykan} if isinstance(pykan, list) else {}
-    header = "| case | truth | recovered | formula (kanmodel.discover) | error | time (s) |"
-    rule = "|---|---|---|---|---|---|"
-    if by_id:
-        header += " PyKAN 0.2.8 | PyKAN error | PyKAN time (s) |"
-        rule += "---|---|---|"
-    lines += [header, rule]
-    for r in ours:
-        row = (f"| {r['id']} | {_cell(r['truth'], 50)} | {'yes' if r['recovered'] else 'no'} | "
-               f"{_cell(r['formula'])} | {r['error']:.1e} | {r['seconds']:.0f} |")
+             f"{N_TRAIN} training points per case (`discover` holds out 20% of them). "
+             "Size: nodes of the expression tree (variables, numbers, operations), the found "
+             "formula's beside the truth's: a much larger formula that passes is a numeric "
+             "approximation, not a recovery of the structure.", "", RECIPE, "",
+             f"Anchor: {ANCHOR}.", ""]
+    for suite, ours in results.items():
+        if not ours:
+            continue
+        by_id = {r["id"]: r for r in pykan} if (suite == "formulas" and isinstance(pykan, list)) else {}
+        total = sum(r["recovered"] for r in ours)
+        lines += [f"### {SUITES[suite].name}: {total} of {len(ours)} recovered ({100 * total / len(ours):.0f}%)", ""]
+        header = "| case | truth (size) | recovered | formula found (size) | error | time (s) | method |"
+        rule = "|---|---|---|---|---|---|---|"
         if by_id:
-            p = by_id.get(r["id"])
-            row += (f" {_pykan_outcome(p)} | {p['error']:.1e} | {p['seconds']:.0f} |" if p else " - | - | - |")
-        lines.append(row)
-    total = sum(r["recovered"] for r in ours)
-    lines += ["", f"**kanmodel.discover: {total} of {len(ours)} recovered**, "
-                  f"total {sum(r['seconds'] for r in ours):.0f} s, "
-                  f"slowest case {max(r['seconds'] for r in ours):.0f} s."]
-    if by_id:
-        limits = sorted({p.get("timeout_s", PYKAN_TIMEOUT) for p in by_id.values()})
-        lines.append(f"**PyKAN 0.2.8 (width [n, 2n+1, 1], grids {PYKAN_GRIDS}, {PYKAN_STEPS} LBFGS steps each, "
-                     f"sparsity 1e-3 then prune, auto_symbolic, fit; at most {' or '.join(map(str, limits))} s "
-                     f"per case): {sum(p['recovered'] for p in by_id.values())} of {len(by_id)} recovered.**")
-        crashes = sorted({p["formula"] for p in by_id.values() if p["formula"].startswith("error")})
-        if crashes:
-            lines.append("PyKAN crashes: " + "; ".join(f"`{c[7:]}`" for c in crashes) + ".")
-    elif isinstance(pykan, str):
-        lines.append(f"PyKAN 0.2.8: {pykan}.")
-    return "\n".join(lines) + "\n"
+            header += " PyKAN 0.2.8 | PyKAN error | PyKAN time (s) |"
+            rule += "---|---|---|"
+        lines += [header, rule]
+        for r in ours:
+            row = (f"| {r['id']} | {_cell(r['truth'], 60)} ({r.get('truth_size', '-')}) | "
+                   f"{'yes' if r['recovered'] else 'no'} | {_cell(r['formula'])} ({r.get('size', '-')}) | "
+                   f"{r['error']:.1e} | {r['seconds']:.0f} | {r.get('method', '-')} |")
+            if by_id:
+                p = by_id.get(r["id"])
+                row += (f" {_pykan_outcome(p)} | {p['error']:.1e} | {p['seconds']:.0f} |" if p else " - | - | - |")
+            lines.append(row)
+        seconds = [r["seconds"] for r in ours]
+        lines += ["", f"**kanmodel.discover on {SUITES[suite].name}: {total} of {len(ours)} recovered**, "
+                      f"median {float(np.median(seconds)):.0f} s a case, slowest {max(seconds):.0f} s, "
+                      f"total {sum(seconds):.0f} s.", ""]
+        if by_id:
+            limits = sorted({p.get("timeout_s", PYKAN_TIMEOUT) for p in by_id.values()})
+            lines.append(f"**PyKAN 0.2.8 (width [n, 2n+1, 1], grids {PYKAN_GRIDS}, {PYKAN_STEPS} LBFGS steps "
+                         f"each, sparsity 1e-3 then prune, auto_symbolic, fit; at most "
+                         f"{' or '.join(map(str, limits))} s per case): "
+                         f"{sum(p['recovered'] for p in by_id.values())} of {len(by_id)} recovered.**")
+            crashes = sorted({p["formula"] for p in by_id.values() if p["formula"].startswith("error")})
+            if crashes:
+                lines.append("PyKAN crashes: " + "; ".join(f"`{c[7:]}`" for c in crashes) + ".")
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _pykan_outcome(p: dict) -> str:
@@ -230,51 +290,66 @@ def _pykan_outcome(p: dict) -> str:
     return "yes" if p["recovered"] else "no"
 
 
+def _merge(file: Path, command: str, new: list[dict], order: list[str]) -> None:
+    saved = json.loads(file.read_text()) if file.exists() else {"results": []}
+    by_id = {r["id"]: r for r in saved["results"]}
+    by_id.update({r["id"]: r for r in new})
+    file.write_text(json.dumps({"command": command, "results": sorted(by_id.values(), key=lambda r:
+                                order.index(r["id"]) if r["id"] in order else len(order))}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", nargs="*", help="case ids (default: all)")
+    parser.add_argument("--suite", choices=["formulas", "feynman", "both"], default="both")
+    parser.add_argument("--cases", nargs="*", help="case ids (default: all of the suite)")
+    parser.add_argument("--jobs", type=int, default=2, help="cases run at a time, one process each (default 2)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="discover's time_budget per case in seconds (default: discover's default)")
     parser.add_argument("--pykan", action="store_true", help="run PyKAN 0.2.8 (in .bench-venv) instead of ours")
     parser.add_argument("--pykan-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the table from the saved results (no runs)")
     args = parser.parse_args()
-    cases = load_cases(args.cases)
+    suites = ["formulas", "feynman"] if args.suite == "both" else [args.suite]
     if args.pykan_worker:
-        print(json.dumps(run_pykan(cases[0])))
+        print(json.dumps(run_pykan(load_cases(args.cases)[0])))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
-    ours_file, pykan_file = RESULTS / "symbolic.json", RESULTS / "pykan_symbolic.json"
-    suffix = " --cases " + " ".join(args.cases) if args.cases else ""
+    pykan_file = RESULTS / "pykan_symbolic.json"
     if args.report:
         pass
     elif args.pykan:
-        # merged case by case into the saved results, so a rerun of some cases keeps the rest
-        saved = json.loads(pykan_file.read_text()) if pykan_file.exists() else {"results": []}
-        by_id = {r["id"]: r for r in saved["results"]}
+        cases = load_cases(args.cases)
+        order = [c["id"] for c in load_cases(None)]
         for case in cases:
             result = pykan_in_bench_venv([case])[0]
             result["timeout_s"] = PYKAN_TIMEOUT
-            by_id[case["id"]] = result
-            order = [c["id"] for c in load_cases(None)]
-            pykan_file.write_text(json.dumps({"command": "PYKAN_TIMEOUT=... python bench/symbolic.py --pykan", "results": sorted(by_id.values(), key=lambda r:
-                                              order.index(r["id"]))}, indent=1))
+            _merge(pykan_file, "PYKAN_TIMEOUT=... python bench/symbolic.py --pykan", [result], order)
     else:
-        ours = []
-        for case in cases:
-            ours.append(run_ours(case))
-            r = ours[-1]
-            print(f"{r['id']}: recovered={r['recovered']} error={r['error']:.1e} {r['seconds']:.0f} s "
-                  f"[{r['space']} {r['width']}] {r['formula']}", flush=True)
-        ours_file.write_text(json.dumps({"command": "python bench/symbolic.py" + suffix,
-                                         "results": ours}, indent=1))
-    if not ours_file.exists():
+        for suite in suites:
+            every = load_cases(None, suite)
+            ids = [i for i in args.cases if i in {c["id"] for c in every}] if args.cases else None
+            if args.cases and not ids:
+                continue
+            cases = load_cases(ids, suite)
+            command = "python bench/symbolic.py" + (f" --time-budget {args.time_budget:g}" if args.time_budget else "")
+            for r in run_suite(cases, args.jobs, args.time_budget):
+                print(f"{suite} {r['id']}: recovered={r['recovered']} error={r['error']:.1e} {r['seconds']:.0f} s "
+                      f"[{r['method']} {r['space']} {r['width']}] size {r['size']} (truth {r['truth_size']}) "
+                      f"{r['formula'][:150]}", flush=True)
+                _merge(RESULT_FILES[suite], command, [r], [c["id"] for c in every])
+    results, commands = {}, {}
+    for suite in ("formulas", "feynman"):
+        if RESULT_FILES[suite].exists():
+            run = json.loads(RESULT_FILES[suite].read_text())
+            results[suite], commands[suite] = run["results"], run["command"]
+    if not results:
         return
-    ours_run = json.loads(ours_file.read_text())
     pykan_run = json.loads(pykan_file.read_text()) if pykan_file.exists() else None
-    text = table(ours_run["results"], pykan_run["results"] if pykan_run else
+    text = table(results, pykan_run["results"] if pykan_run else
                  "not run (`python bench/symbolic.py --pykan` writes its results)",
-                 ours_run["command"], pykan_run["command"] if pykan_run else None, ours_run.get("note"))
+                 commands, pykan_run["command"] if pykan_run else None)
     print(text)
     if not args.no_docs:
         write_section(text)

@@ -39,6 +39,8 @@ MAX_RATIONAL_COLUMNS = 260
 NEAR_EXACT = 1e-6
 # sympy rewrites (cancel, factor) are tried on formulas up to this many operations
 MAX_SIMPLIFY_OPS = 80
+# dividing y by one variable at a time is tried unless a formula this accurate is known
+PEEL_UNLESS_BELOW = 1e-9
 # rows the search fits on (more add time, not certainty: an exact fit is exact on any rows)
 MAX_SEARCH_ROWS = 500
 
@@ -185,6 +187,22 @@ class _Search:
                     self.fallback = (selection.error, expr, method + ", sparse")
             self._rational(transform, t, sign, factor, method)
 
+    def peel(self, y: np.ndarray) -> None:
+        """y / x_i and y * x_i as sparse sums: a factor of every term (q in q*(E + B*v*sin t))
+        hides the sum from the dictionary, and a target that changes sign has no
+        power-law part to divide by."""
+        for i, symbol in enumerate(self.symbols):
+            x = self.X[:, i]
+            if np.min(np.abs(x)) < 1e-9:
+                continue
+            for power in (1, -1):
+                if time_limit.expired():
+                    return
+                target = y / x ** power
+                for selection in self._sparse(target):
+                    if selection.error <= NEAR_EXACT:
+                        self.add(symbol ** power * self._sum(selection, self.terms), f"y/{symbol ** power}, sparse")
+
     def _sparse(self, t: np.ndarray) -> list[Selection]:
         """Beam search on the dictionary's levels in turn (a small dictionary misleads
         the pursuit less); the first level with an exact fit ends it."""
@@ -249,6 +267,8 @@ def search(X: np.ndarray, y: np.ndarray, symbols, X_val: np.ndarray, y_val: np.n
                 run.add(sympy.Float(float(np.mean(ratio))) * power[0], "y, power law")
             else:
                 run.run_target(f"y/({power[0]})", ratio, power[0])
+        if not any(c.error <= PEEL_UNLESS_BELOW for c in run.candidates):
+            run.peel(y)
         if not run.candidates and run.fallback[1] is not None:
             run.add(run.fallback[1], run.fallback[2])
     return pareto_front(run.candidates)

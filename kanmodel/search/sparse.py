@@ -122,6 +122,11 @@ def _null_vector(columns: np.ndarray) -> tuple[np.ndarray, float]:
     return vt[-1], float(s[-1])
 
 
+# A ratio with more terms than this is a numeric approximation of something else
+# (a degree-4 ratio imitates exp to 1e-10 on a short range), not a formula.
+MAX_RATIO_TERMS = 10
+
+
 def rational_exact(M: np.ndarray, b: np.ndarray, exact: float = EXACT) -> Ratio | None:
     """A ratio of two sparse combinations of M's columns (M: (rows, m), the first
     column the constant 1) equal to b, or None.
@@ -157,7 +162,7 @@ def rational_exact(M: np.ndarray, b: np.ndarray, exact: float = EXACT) -> Ratio 
     coef = v / norms[active]
     num = [(i, c) for i, c in zip(active, coef) if i < m]
     den = [(i - m, c) for i, c in zip(active, coef) if i >= m]
-    if not num or not den:
+    if not num or not den or len(num) + len(den) > MAX_RATIO_TERMS:
         return None
     return Ratio(tuple(i for i, _ in num), np.array([c for _, c in num]),
                  tuple(i for i, _ in den), np.array([c for _, c in den]))

@@ -18,7 +18,7 @@ _BASES = [
     sympy.pi ** 2, 1 / sympy.pi ** 2,
 ]
 _BASE_VALUES = [float(b) for b in _BASES]
-MAX_DENOMINATOR = 12
+MAX_DENOMINATOR = 36
 MAX_NUMERATOR = 1000
 RELATIVE_MATCH = 1e-6
 # Constants smaller than this (relative to the data's scale) are candidates for 0.
