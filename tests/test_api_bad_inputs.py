@@ -129,6 +129,7 @@ def test_huge_payload_is_413_before_parsing(tmp_path):
     ("/v1/models/x/versions/-1", 422, "integer from 1"),
     ("/v1/models/x/versions/1/artifacts/onnx", 404, "not found"),
     ("/v1/jobs?limit=100000", 422, "less than or equal"),
+    ("/v1/jobs?offset=487176479689894447284224", 422, "less than or equal"),  # was an OverflowError
     ("/v1/jobs/no-such-job", 404, "not found"),
 ])
 def test_bad_read_requests(api, path, status, words):
