@@ -114,15 +114,16 @@ class OutputBuilder:
             variables=self.variables, time_budget=self.spec.symbolic.time_budget_seconds)
 
     def _discover_request(self) -> SymbolicRequest:
-        """discover sees every row and holds out its own (seeded by train.seed), so the job's
-        formula is the one ``kanmodel.discover(X, y, variables, seed=...)`` finds."""
+        """discover sees every row and holds out its own (train.val_fraction of them, seeded by
+        train.seed), so the job's formula is the one ``kanmodel.discover(X, y, variables,
+        seed=..., val_fraction=...)`` finds."""
         data, spec = self.data, self.spec
         empty = np.empty((0, data.X.shape[1]))
         return SymbolicRequest(
             model_blob=None, X_fit=data.X, y_fit=data.y, X_val=empty, y_val=np.empty((0, data.y.shape[1])),
             library=spec.symbolic.library, variables=self.variables,
             time_budget=spec.symbolic.time_budget_seconds, mode="discover", seed=spec.train.seed,
-            first_width=spec.given_width)
+            val_fraction=spec.train.val_fraction, first_width=spec.given_width)
 
     def _search(self, outputs: Outputs, request: SymbolicRequest) -> None:
         try:

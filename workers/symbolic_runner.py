@@ -60,6 +60,7 @@ class SymbolicRequest:
     time_budget: float
     mode: str = "network"
     seed: int = 0
+    val_fraction: float = 0.2  # discover: the share of rows it holds out (0: its own default)
     first_width: list[int] | None = None  # discover: the shape to try first
 
     @property
@@ -104,6 +105,8 @@ def discover_options(request: SymbolicRequest) -> dict:
     from kanmodel.discover import default_widths
 
     options = dict(variables=request.variables, seed=request.seed, time_budget=request.time_budget)
+    if request.val_fraction > 0:
+        options["val_fraction"] = request.val_fraction
     if request.library is not None:
         options["library"] = request.library
     if request.first_width is not None:
