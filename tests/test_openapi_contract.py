@@ -55,7 +55,8 @@ def _schemathesis(base: str, config, key: str, *options: str) -> str:
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{base}/openapi.json",
          "--checks", "all", "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
          "--no-shrink", "--request-timeout", "30", *options],
-        env={**os.environ, KEY_VARIABLE: key}, capture_output=True, text=True, timeout=300)
+        env={**os.environ, KEY_VARIABLE: key}, cwd=config.parent,  # its .schemathesis/ cache goes there
+        capture_output=True, text=True, timeout=300)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-12_000:]
     summary = output.split("SUMMARY")[-1]
