@@ -10,7 +10,8 @@ schedule itself is chosen along the way. All candidates see the same seeded spli
 Validation loss is RMSE (regression) or cross-entropy (classification): smoother than
 accuracy on small validation sets, where one row moves accuracy by several points.
 
-Then the chosen architecture trains once more on each other validation fold
+The two best candidates then train on a second fold each and the one with the lower
+mean validation loss over both folds wins. It trains once more on each other validation fold
 (FitOptions.fold; 1 / val_fraction folds, at most MAX_MEMBERS models in all), each with
 its own best-validation weights, and the members are merged into one KAN that averages
 them (kanmodel.ensemble.merge): every row is trained on by most members, and the
@@ -37,6 +38,8 @@ GRID_SCHEDULE = (3, 5, 10, 20)
 STEPS_PER_GRID = 200
 # Models averaged (the search's winner and one per further validation fold).
 MAX_MEMBERS = 5
+# Candidates compared on two folds before the winner trains its other folds.
+FINALISTS = 2
 # Uniform knots: on the hellokan benchmark they train to a lower test error than
 # quantile knots (see docs/kanmodel-api.md, defaults), and they extrapolate the same
 # way on every edge.
@@ -89,7 +92,8 @@ class AutoFitResult:
     merged into one network (its width is the members' hidden widths times members).
     config: the chosen architecture and training (JSON-able): member width, grid
     schedule, grid, lamb, optimizer, steps, members (how many were averaged).
-    candidates: every candidate's config, validation loss and score, grids trained.
+    candidates: every candidate's config, validation loss and score on fold 0, grids
+    trained, seconds, and fold_val_losses (the finalists' and members' per fold).
     metrics: val_* (validation_metrics) out of fold: every member scored on the rows it
     did not train on, pooled; train_* of the merged model on all rows; val_loss of the
     chosen candidate in the search.
@@ -117,6 +121,7 @@ class _Trial:
     finished: bool = False
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    members: list["_Member"] = field(default_factory=list)
 
     def config(self) -> dict:
         schedule = list(self.options.grid_schedule)
@@ -198,17 +203,30 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
                      _options(candidate, val_fraction, seed, fold=0))
               for index, candidate in enumerate(candidates_for(n_rows, n_in, task))]
     _successive_halving(trials, data, out_of_time, report)
-    best = min(trials, key=lambda t: (t.val_loss, t.index))
-    members = [_Member(best.model, 0)]
     n_folds = min(MAX_MEMBERS, max(1, int(round(1 / val_fraction))))
-    for fold in range(1, n_folds):
+
+    def train_member(trial: _Trial, fold: int) -> _Member | None:
+        member = _train_member(trial.candidate, n_in, n_out, task, data, seed, fold, device, out_of_time)
+        if member is not None:
+            trial.members.append(member)
+            report({"phase": "auto_fit", "candidate": trial.index, "member": len(trial.members) - 1,
+                    "fold": fold, "val_loss": _finite(member.val_loss),
+                    "val_score": data.score(member.model, fold)})
+        return member
+
+    # One fold's validation loss is a noisy ranking on small tables: the two best
+    # candidates are compared on the mean over two folds.
+    finalists = sorted(trials, key=lambda t: (t.val_loss, t.index))[:FINALISTS]
+    for trial in finalists:
+        trial.members = [_Member(trial.model, 0, trial.val_loss)]
+        if n_folds > 1 and len(finalists) > 1 and not out_of_time():
+            train_member(trial, 1)
+    best = min(finalists, key=lambda t: (_mean_val_loss(t), t.index))
+    for fold in range(len(best.members), n_folds):
         if out_of_time():
             break
-        member = _train_member(best.candidate, n_in, n_out, task, data, seed, fold, device, out_of_time)
-        if member is not None:
-            members.append(member)
-            report({"phase": "auto_fit", "member": len(members) - 1, "fold": fold,
-                    "val_loss": _finite(member.val_loss), "val_score": data.score(member.model, fold)})
+        train_member(best, fold)
+    members = best.members
 
     model = merge([m.model for m in members], X_t)
     schedule = list(best.candidate.grids)
@@ -220,8 +238,15 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
     report({"phase": "auto_fit", "chosen": best.index, "config": config, "metrics": metrics})
     candidates = [{"candidate": t.index, "config": t.config(), "val_loss": _finite(t.val_loss),
                    "val_score": data.score(t.model, 0) if t.stages_done else None,
-                   "grids_trained": t.stages_done, "seconds": round(t.seconds, 3)} for t in trials]
+                   "grids_trained": t.stages_done, "seconds": round(t.seconds, 3),
+                   "fold_val_losses": [_finite(m.val_loss) for m in t.members]} for t in trials]
     return AutoFitResult(model, config, candidates, metrics, best.history, stopped)
+
+
+def _mean_val_loss(trial: _Trial) -> float:
+    """Mean validation loss of the trial's models trained so far (one per fold)."""
+    losses = [m.val_loss for m in trial.members]
+    return sum(losses) / len(losses) if all(math.isfinite(v) for v in losses) else math.inf
 
 
 def _options(candidate: Candidate, val_fraction: float, seed: int, fold: int) -> FitOptions:
