@@ -20,7 +20,7 @@ from service.datasets.tables import Table, TableError, parse_csv, parse_rows, to
 from service.db.models import ApiKey, Dataset
 from service.schemas.resources import DatasetOut, DatasetRows
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 503))
 
 UPLOAD_DOC = {
     "requestBody": {

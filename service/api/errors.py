@@ -37,7 +37,7 @@ ERROR_MEANINGS = {
     413: "request body, upload or row count above the configured limit",
     415: "unsupported Content-Type",
     422: "the request is well-formed but its values are invalid; `detail` lists the issues",
-    503: "a service the request needs is unavailable",
+    503: "the database (or the broker) is unavailable; try again after Retry-After seconds",
 }
 
 

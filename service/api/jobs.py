@@ -24,7 +24,7 @@ from service.jobs.submission import (EnqueueFailed, IdempotencyConflict, create_
 from service.schemas.jobspec import JobSpec
 from service.schemas.resources import JobList, JobOut, ModelRef, Progress
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 503))
 
 EVENTS_POLL_SECONDS = 0.5
 

@@ -12,7 +12,7 @@ from service.db.models import ApiKey, Artifact, ModelVersion
 from service.schemas.resources import (ArtifactOut, FormulaOut, ModelList, ModelOut, ModelSummary,
                                        ModelVersionOut)
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401))
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=error_responses(401, 503))
 
 
 def version_url(model: ModelVersion) -> str:

@@ -208,7 +208,7 @@ async def _predict(request: Request, name: str, version_text: str) -> Response:
 _DOC = {
     "response_model": PredictResponse,
     "openapi_extra": {**json_body(PredictRequest), "security": [{bearer_scheme.scheme_name: []}]},
-    "responses": error_responses(401, 404, 413, 422),
+    "responses": error_responses(401, 404, 413, 422, 503),
 }
 
 

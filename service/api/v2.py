@@ -30,7 +30,7 @@ from service.api.v2_tensors import HEADER_LENGTH, V2Error, encode_infer_response
 from service.api.versions import VersionText, parse_version
 from service.inference.model_lookup import ServedModel, list_versions
 from service.inference.onnx_predictor import OnnxPredictor
-from service.inference.runtime import InferenceRuntime
+from service.inference.runtime import DATABASE_DOWN, InferenceRuntime
 from service.schemas.v2 import V2InferRequest
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -54,6 +54,10 @@ def _failure(exc: Exception) -> Response:
     re-raises anything else."""
     if isinstance(exc, BodyTooLarge):
         return _error(exc.detail, 413)
+    if isinstance(exc, DATABASE_DOWN):  # as the app's handler answers the /v1 routes
+        response = _error("the database is unavailable; try again shortly", 503)
+        response.headers["Retry-After"] = "5"
+        return response
     status = status_for(exc, invalid_input=400)
     if status is None:
         raise exc
@@ -110,7 +114,10 @@ async def _metadata(request: Request, name: str, version: str | None) -> Respons
         return resolved
     served, predictor = resolved
     runtime: InferenceRuntime = request.app.state.inference
-    versions = await runtime.call(_versions, runtime, bearer_token(request), name)
+    try:
+        versions = await runtime.call(_versions, runtime, bearer_token(request), name)
+    except Exception as exc:
+        return _failure(exc)
     n_out = len(served.output_names)
     return _json({
         "name": served.name,
@@ -186,7 +193,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                     headers={HEADER_LENGTH: str(header_length)})
 
 
-_MODEL_ROUTE = {"responses": error_responses(400, 401, 404, v2=True), "openapi_extra": _SECURED}
+_MODEL_ROUTE = {"responses": error_responses(400, 401, 404, 503, v2=True), "openapi_extra": _SECURED}
 
 
 @router.get("/models/{name}", summary="Model metadata (latest version)", **_MODEL_ROUTE)
@@ -219,7 +226,7 @@ async def infer_version(request: Request, name: str, version: VersionText) -> Re
 
 _INFER_ROUTE = {
     "methods": ["POST"], "route_class_override": DirectRoute,
-    "responses": error_responses(400, 401, 404, 413, v2=True),
+    "responses": error_responses(400, 401, 404, 413, 503, v2=True),
     "openapi_extra": {**_SECURED, **json_body(V2InferRequest)},
 }
 # DirectRoutes (see direct_route.py): the body is parsed by parse_infer_request.
