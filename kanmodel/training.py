@@ -158,8 +158,8 @@ class FitOptions:
         if self.grid_inputs not in ("train", "all"):
             raise ValueError(f"grid_inputs must be 'train' or 'all', got {self.grid_inputs!r}")
         if self.fold < 0 or (self.fold > 0 and self.fold * self.val_fraction >= 1):
-            raise ValueError(f"fold must be in [0, {max(0, math.ceil(1 / self.val_fraction) - 1) if self.val_fraction else 0}] "
-                             f"for val_fraction={self.val_fraction}, got {self.fold}")
+            raise ValueError(f"fold must be >= 0 with fold * val_fraction < 1, got fold={self.fold}, "
+                             f"val_fraction={self.val_fraction}")
         if self.patience is not None and self.patience < 0:
             raise ValueError(f"patience must be >= 0 (0: no early stopping), got {self.patience}")
 
@@ -454,14 +454,14 @@ def fit(model: KAN, X, y, options: FitOptions | None = None, *,
     Raises TrainingDiverged on a NaN/infinite loss or parameters, or an exploding
     training loss (see EXPLOSION_FACTOR); a loss of 0 is a perfect fit, not divergence.
     """
+    if not isinstance(model, KAN):
+        raise TypeError("model must be a kanmodel.KAN")
     unknown = sorted(set(option_values) - OPTION_NAMES)
     if unknown:
         raise TypeError(f"fit() got unknown options {unknown}; known: {sorted(OPTION_NAMES)}")
     options = replace(options or FitOptions(), **option_values)
-    if options.grid_schedule is None and isinstance(model, KAN):
+    if options.grid_schedule is None:
         options = replace(options, grid_schedule=[model.grid_size])
-    if not isinstance(model, KAN):
-        raise TypeError("model must be a kanmodel.KAN")
     options.check()
     options = replace(options, grid_schedule=[int(g) for g in options.grid_schedule])
     if not 0 <= start_stage <= len(options.grid_schedule):
@@ -476,20 +476,20 @@ class _Run:
         self.model, self.options = model, options
         self.callback, self.on_stage_end = callback, on_stage_end
         X = model.check_input(X)
-        self.X_raw, self.y_raw = X, y
+        self.X_raw = X
         target = _prepare_targets(model, X, y)
         self.generator = torch.Generator().manual_seed(int(options.seed))
         train_rows, val_rows = split_rows(len(X), options.val_fraction, options.seed, options.fold)
         if len(train_rows) < 1:
             raise ValueError(f"X has {len(X)} rows: too few to train with val_fraction={options.val_fraction}")
-        # Advance the generator past the split's permutation, as Adam's batches did
-        # before the split became a function (the same seed keeps the same batches).
+        # Adam's batches come from the seeded stream after the split's permutation.
         torch.randperm(len(X), generator=self.generator)
         self.train_rows = torch.from_numpy(train_rows).to(X.device)
         self.val_rows = torch.from_numpy(val_rows).to(X.device)
         self.target = target
         self.objective = _Objective(model, options.lamb_l1, options.lamb_entropy, options.weight_decay)
         self.best = _BestState()
+        self.first_loss = None
 
     def _data(self) -> tuple[_Data, _Data | None]:
         model, target = self.model, self.target
@@ -515,66 +515,75 @@ class _Run:
                 model.set_standardisation(self.X_raw)      # the inputs' part only
         train, val = self._data()
         grid_x = self.X_raw if options.grid_inputs == "all" else train.x
-        schedule = options.grid_schedule
-        n_stages, steps_per_grid = len(schedule), options.steps_per_grid
-        total_steps = n_stages * steps_per_grid
-        patience = options.resolved_patience if val is not None else None
         result = FitResult(stages_completed=start_stage)
         if val is not None and start_stage > 0:
             self.best.offer(model, self.objective.evaluate(val), None)
-        first_loss = None
-
-        for stage in range(start_stage, n_stages):
-            grid = schedule[stage]
-            model.update_grid(grid_x)
-            if grid != model.grid_size:
-                model.refine(grid, grid_x)
-            stepper = self._stepper(train)
-            # Patience counts from the stage's own best: after a refinement the
-            # validation loss may take a while to climb back to the coarser grid's.
-            improved_in_stage, stage_best, since_best = False, math.inf, 0
-            for step_in_stage in range(steps_per_grid):
-                step = stage * steps_per_grid + step_in_stage + 1
-                if 0 < step_in_stage < steps_per_grid // 2 and step_in_stage % GRID_UPDATE_EVERY == 0:
-                    model.update_grid(grid_x)
-                    stepper.restart()
-                objective_value, train_loss = stepper.step(options.lamb_at(step, total_steps))
-                first_loss = train_loss if first_loss is None else first_loss
-                self._check_finite(stepper.params, objective_value, train_loss, first_loss, stage, grid, step)
-                val_loss = self.objective.evaluate(val) if val is not None else None
-                result.history.append({"stage": stage, "grid": grid, "step": step,
-                                       "train_loss": train_loss, "val_loss": val_loss})
-                result.train_loss, result.val_loss = train_loss, val_loss
-                if val_loss is not None:
-                    if not math.isfinite(val_loss):
-                        self._diverged(stage, grid, step, val_loss, "validation loss")
-                    improved_in_stage |= self.best.offer(model, val_loss, step)
-                    if val_loss < stage_best:
-                        stage_best, since_best = val_loss, 0
-                    else:
-                        since_best += 1
-                progress = TrainProgress(stage, n_stages, grid, step, total_steps, train_loss, val_loss)
-                if self.callback is not None and self.callback(progress):
-                    result.stopped = True
-                    return self._finish(result, train, val)
-                if patience is not None and since_best >= patience:
-                    break
-                if self.objective.converged(train_loss):
-                    break
+        for stage in range(start_stage, len(options.grid_schedule)):
+            improved = self._stage(stage, train, val, grid_x, result)
+            if result.stopped:
+                return self._finish(result, train, val)
             if self.best.state is not None:
                 self.best.restore(model)
             result.stages_completed = stage + 1
             if self.on_stage_end is not None:
                 self.on_stage_end(stage, model)
-            if val is not None and not improved_in_stage:
+            if val is not None and not improved:
                 result.early_stopped = True
                 break
         return self._finish(result, train, val)
 
+    def _stage(self, stage: int, train: _Data, val: _Data | None, grid_x: torch.Tensor,
+               result: FitResult) -> bool:
+        """Place the grid and take the stage's steps; -> whether it improved on the best
+        validation loss. Sets result.stopped when the callback asks to stop."""
+        model, options = self.model, self.options
+        n_stages, steps_per_grid = len(options.grid_schedule), options.steps_per_grid
+        total_steps = n_stages * steps_per_grid
+        patience = options.resolved_patience if val is not None else None
+        grid = options.grid_schedule[stage]
+        model.update_grid(grid_x)
+        if grid != model.grid_size:
+            model.refine(grid, grid_x)
+        stepper = self._stepper(train)
+        # Patience counts from the stage's own best: after a refinement the
+        # validation loss may take a while to climb back to the coarser grid's.
+        improved, stage_best, since_best = False, math.inf, 0
+        for step_in_stage in range(steps_per_grid):
+            step = stage * steps_per_grid + step_in_stage + 1
+            if 0 < step_in_stage < steps_per_grid // 2 and step_in_stage % GRID_UPDATE_EVERY == 0:
+                model.update_grid(grid_x)
+                stepper.restart()
+            objective_value, train_loss = stepper.step(options.lamb_at(step, total_steps))
+            if self.first_loss is None:
+                self.first_loss = train_loss
+            self._check_finite(stepper.params, objective_value, train_loss, stage, grid, step)
+            val_loss = self.objective.evaluate(val) if val is not None else None
+            result.history.append({"stage": stage, "grid": grid, "step": step,
+                                   "train_loss": train_loss, "val_loss": val_loss})
+            result.train_loss, result.val_loss = train_loss, val_loss
+            if val_loss is not None:
+                if not math.isfinite(val_loss):
+                    self._diverged(stage, grid, step, val_loss, "validation loss")
+                improved |= self.best.offer(model, val_loss, step)
+                if val_loss < stage_best:
+                    stage_best, since_best = val_loss, 0
+                else:
+                    since_best += 1
+            progress = TrainProgress(stage, n_stages, grid, step, total_steps, train_loss, val_loss)
+            if self.callback is not None and self.callback(progress):
+                result.stopped = True
+                break
+            if patience is not None and since_best >= patience:
+                break
+            if self.objective.converged(train_loss):
+                break
+        return improved
+
     def _finish(self, result: FitResult, train: _Data, val: _Data | None) -> FitResult:
         if self.best.state is not None:
             self.best.restore(self.model)
-            result.val_loss, result.best_step, result.best_grid = self.best.val_loss, self.best.step, self.best.grid
+            best = self.best
+            result.val_loss, result.best_step, result.best_grid = best.val_loss, best.step, best.grid
             result.train_loss = self.objective.evaluate(train)
         result.metrics = validation_metrics(self.model, self.X_raw[self.train_rows],
                                             self.target[self.train_rows], prefix="train_")
@@ -583,8 +592,9 @@ class _Run:
                                                      self.target[self.val_rows]))
         return result
 
-    def _check_finite(self, params, objective_value: float, train_loss: float, first_loss: float,
+    def _check_finite(self, params, objective_value: float, train_loss: float,
                       stage: int, grid: int, step: int) -> None:
+        first_loss = self.first_loss
         if not math.isfinite(objective_value) or not math.isfinite(train_loss) or not bool(
                 torch.isfinite(torch.cat([p.detach().reshape(-1) for p in params])).all()):
             self._diverged(stage, grid, step, objective_value, "loss")
