@@ -36,6 +36,8 @@ JOB_CASES = [
     ("discover for classification", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0], [1.0]] * 2}}),
                                      "task": "classification", "model": {"width": [2, 3, 2]},
                                      "symbolic": {"mode": "discover"}}, 422, "body.symbolic", ["for regression"]),
+    ("auto width without validation rows", {**spec_with("model", None), "train": {"val_fraction": 0}}, 422,
+     "body.train", ["val_fraction must be above 0"]),
     ("auto classification one class", {**spec_with("data", {"inline": {"X": [[0.0, 1.0]] * 4, "y": [[0.0]] * 4}}),
                                        "task": "classification", "model": {"width": "auto"}}, 422, "body.data",
      ["at least 2 classes"]),

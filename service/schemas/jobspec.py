@@ -152,7 +152,8 @@ class ModelSpec(StrictModel):
                     "train.time_budget_seconds.")
     grid: int | None = Field(None, ge=1, description="Default and required value: train.grid_schedule[0].")
     k: int = Field(3, ge=1, le=5, description="Spline order (a given width only).")
-    seed: Seed = 0
+    seed: Seed = Field(0, description="Initial weights of a given width (the automatic search seeds from "
+                                      "train.seed).")
 
 
 class TrainSpec(StrictModel):
@@ -254,7 +255,9 @@ class JobSpec(StrictModel):
     @field_validator("train")
     @classmethod
     def _auto_needs_validation_rows(cls, train: TrainSpec, info: ValidationInfo) -> TrainSpec:
-        model = info.data.get("model")
+        if "model" not in info.data:  # the model itself was rejected: that error is enough
+            return train
+        model = info.data["model"]
         if (model is None or model.width is None) and train.val_fraction == 0:
             raise ValueError("train.val_fraction must be above 0 when the architecture is chosen automatically "
                              "(it is chosen by validation error); give model.width to train without validation rows")
@@ -279,10 +282,6 @@ class JobSpec(StrictModel):
     @property
     def symbolic_mode(self) -> str:
         return self.symbolic.mode or ("discover" if self.task == "regression" else "network")
-
-    @property
-    def model_seed(self) -> int:
-        return 0 if self.model is None else self.model.seed
 
     def class_output_names(self, n_classes: int) -> list[str]:
         """Classification: the model's outputs are one logit per class, named by class."""
