@@ -148,7 +148,7 @@ def test_cancel_during_discovery_ends_the_child_process(api, caplog):
             progress = api.client.get(f"/v1/jobs/{job_id}").json()["progress"]
             # a network attempt (the direct search on the data, which comes first, has no shape)
             if progress.get("phase") == "discovery" and (progress.get("discovery") or {}).get("width"):
-                seen["discovery"] = progress["discovery"]
+                seen.update(discovery=progress["discovery"], eta_seconds=progress["eta_seconds"])
                 assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
                 return
             time.sleep(0.05)
@@ -159,6 +159,7 @@ def test_cancel_during_discovery_ends_the_child_process(api, caplog):
     canceller.join()
     assert status == "cancelled"
     assert seen["discovery"]["attempt"] >= 1 and seen["discovery"]["width"] and seen["discovery"]["space"] == "raw"
+    assert 0 <= seen["eta_seconds"] <= 600  # what is left of the discovery budget
     assert_child_killed_and_reaped(caplog)
     job = api.client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["model"] is None

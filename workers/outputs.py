@@ -9,6 +9,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -127,7 +128,9 @@ class OutputBuilder:
 
     def _search(self, outputs: Outputs, request: SymbolicRequest) -> None:
         try:
-            result = search_in_subprocess(request, self.should_stop, self.on_discovery)
+            on_progress = None if self.on_discovery is None else partial(self.on_discovery,
+                                                                         time_budget=request.time_budget)
+            result = search_in_subprocess(request, self.should_stop, on_progress)
         except SymbolicStopped as exc:
             outputs.notes.append(str(exc))
             return

@@ -39,8 +39,9 @@ class ProgressReporter:
             self.write()
         return self.monitor.should_stop
 
-    def on_discovery(self, event: dict) -> None:
-        """kanmodel.discover's progress(event): an attempt started ("attempt") or ended ("result")."""
+    def on_discovery(self, event: dict, time_budget: float | None = None) -> None:
+        """kanmodel.discover's progress(event): an attempt started ("attempt") or ended ("result").
+        The ETA is what is left of discovery's ``time_budget`` (it stops sooner on an exact formula)."""
         best_formulas = event.get("best_formulas") or []
         shown = {"attempt": event.get("attempt"), "kind": event.get("kind"), "width": event.get("width"),
                  "space": event.get("space"), "best_error": finite_or_none(event.get("best_error")),
@@ -48,7 +49,9 @@ class ProgressReporter:
                  "elapsed_seconds": _rounded(event.get("elapsed"))}
         if event.get("event") == "result":
             shown["last_error"] = finite_or_none(event.get("score"))
-        self.progress.update(phase="discovery", discovery=shown)
+        elapsed = finite_or_none(event.get("elapsed"))
+        eta = None if time_budget is None or elapsed is None else round(max(0.0, time_budget - elapsed), 2)
+        self.progress.update(phase="discovery", discovery=shown, eta_seconds=eta)
         # Attempts take seconds to minutes: every start is worth a write.
         if event.get("event") == "attempt" or time.monotonic() - self._last_write >= self.interval:
             self.write()

@@ -49,7 +49,8 @@ class Progress(BaseModel):
                           "and the best so far.")
     discovery: dict[str, Any] | None = Field(
         None, description="Formula discovery: the attempt number, the shape (width) and space (raw or log) being "
-                          "tried, and the held-out relative RMSE and text of the best formula so far.")
+                          "tried, and the held-out relative RMSE and text of the best formula so far; eta_seconds "
+                          "is then what is left of its time budget.")
     notes: list[str] = []
 
 
