@@ -45,6 +45,7 @@ from kanmodel.symbolic.auto import auto_symbolic, make_symbols
 from kanmodel.symbolic.formula import Formula, r2_score, rmse
 from kanmodel.symbolic.rounding import tidy
 from kanmodel.search import choose, search
+from kanmodel.search.reduction import monomial_exponents, one_dimensional
 from kanmodel.search.terms import expression_size
 from kanmodel.symbolic.separable import separable_formula
 from kanmodel.symbolic.spaces import Space
@@ -76,7 +77,7 @@ def default_widths(n_in: int, n_out: int) -> list[list[int]]:
 
 # In the plan, the separability step comes after this many shapes (it needs a good model).
 SEPARABLE_AFTER = 3
-NETWORK, SEPARABLE, SEARCH = "network", "separable", "search"
+NETWORK, SEPARABLE, SEARCH, REDUCTION = "network", "separable", "search", "reduction"
 # The direct search (`kanmodel.search`) may take this share of the budget, at most
 # SEARCH_SECONDS: an exact formula there is usually found in 2-15 s.
 SEARCH_SHARE, SEARCH_SECONDS = 0.4, 60.0
@@ -297,6 +298,24 @@ def _search_attempt(data: Split, opts: dict) -> Attempt | None:
     return Attempt(SEARCH, [], [], "raw", opts["seed"], None, [], formulas, time.monotonic() - started, None)
 
 
+def _reduction_attempt(network: Attempt, data: Split, opts: dict) -> Attempt | None:
+    """y as a function of one monomial of the inputs, with a log-space network's
+    gradients as the oracle (`search.reduction`)."""
+    started = time.monotonic()
+    exponents = monomial_exponents(network.model, data.X_train)
+    if exponents is None:
+        return None
+    symbols = make_symbols(opts["variables"], data.X_train)
+    best = choose(one_dimensional(data.X_train, data.y_train[:, 0], symbols, exponents, data.X_val,
+                                  data.y_val[:, 0], opts["library"]), opts["exact_tolerance"])
+    if best is None:
+        return None
+    formula = Formula(best.expr, [s.name for s in symbols], symbols=symbols, output="y")
+    formula.score(data.X_val, data.y_val[:, 0])
+    return Attempt(REDUCTION, network.width, network.trained_width, network.space, network.seed, network.model,
+                   network.history, [formula], time.monotonic() - started, network.spline_error)
+
+
 @torch.no_grad()
 def _logits(model: KAN, X: np.ndarray) -> np.ndarray:
     return model(torch.as_tensor(X, dtype=model.in_shift.dtype)).double().numpy()
@@ -411,6 +430,7 @@ class _AttemptLog:
                 self._report("result", kind=NETWORK, score=None)
                 return
             self.trained.append(attempt)
+            self._reduce(attempt)
         self.longest = max(self.longest, attempt.seconds)
         attempt.score = _score(attempt, self.data, self.task)
         self.summaries.append(attempt.summary())
@@ -443,6 +463,22 @@ class _AttemptLog:
         if self._better(attempt):
             self.best = attempt
         self._report("result", kind=SEARCH, width=None, space="raw", score=float(attempt.score))
+
+    def _reduce(self, network: Attempt) -> None:
+        """After a log-space network with hidden layers that fits well: dimension reduction."""
+        if (self.task != "regression" or self.data.y_train.shape[1] != 1 or network.space != "log"
+                or len(network.trained_width) < 3 or self.exact() or network.spline_error > CONVERGED):
+            return
+        try:
+            attempt = _reduction_attempt(network, self.data, self.opts)
+        except time_limit.OutOfTime:
+            attempt = None
+        if attempt is None:
+            return
+        attempt.score = _score(attempt, self.data, self.task)
+        self.summaries.append(attempt.summary())
+        if self._better(attempt):
+            self.best = attempt
 
     def stop_reason(self) -> str:
         if self.exact():

@@ -94,3 +94,12 @@ def test_choose_takes_the_smallest_exact_formula_and_otherwise_the_most_accurate
 def test_expression_size_counts_nodes():
     a, b = sympy.symbols("a b")
     assert expression_size(a * b) == 3 and expression_size(a / b) == 5
+
+
+def test_a_function_of_one_monomial_is_fitted_in_one_dimension():
+    from kanmodel.search.reduction import one_dimensional
+    X, y, (a, b, c) = data(lambda a, b, c: 1 / (np.exp(a * b / (3 * c)) - 1), ["a", "b", "c"], 1, 3)
+    found = one_dimensional(X[:400], y[:400], [a, b, c], np.array([1.0, 1.0, -1.0]), X[400:], y[400:])
+    best = choose(found, 1e-9)
+    assert best is not None and best.error < 1e-9
+    assert sympy.simplify(best.expr - 1 / (sympy.exp(a * b / (3 * c)) - 1)) == 0

@@ -33,7 +33,7 @@ SIMPLIFY_BELOW_ERROR = 1e-6
 def nice_number(v: float, rel: float = RELATIVE_MATCH) -> sympy.Expr | None:
     """The simplest p/q * base within `rel` of v, or None."""
     v = float(v)
-    if not np.isfinite(v) or v == 0:
+    if not np.isfinite(v) or v == 0 or not 1e-12 < abs(v) < 1e12:
         return None
     for base, bv in zip(_BASES, _BASE_VALUES):
         r = v / bv
