@@ -3,6 +3,11 @@
 The recipe (every option below has this default; nothing is tuned per data set):
 1. Hold out `val_fraction` of the rows (seeded, a `Split`). Everything is chosen on
    them and every reported metric is measured on them.
+1'. Regression: a direct search on the data (`kanmodel.search`, at most 40% of the
+   budget and 60 s): target transforms, pruned polynomials, sparse sums of
+   dictionary terms, ratios of polynomials; the smallest exact formula on the Pareto
+   front of size against held-out error. When it is exact, one network (the first
+   shape below) is still trained, to be served beside the formula, and nothing else.
 2. Try network shapes from simple to less simple (`widths`, default
    [n,1] -> [n,1,1] -> [n,2,1] -> [n,2,1,1]), each in the raw space and,
    when all inputs and outputs are strictly positive, first in log space (log y as
@@ -23,11 +28,15 @@ The recipe (every option below has this default; nothing is tuned per data set):
       of a function of one variable and a function of the rest? Split recursively
       down to 1-D slices of the model, fit each slice with the library, refit all
       constants of the resulting formula on the training rows (`symbolic.separable`).
+   d. after a log-space network with hidden layers that fits to CONVERGED: dimension
+      reduction (`search.reduction`): when the network's gradients say y depends on
+      one monomial of the inputs only, the 1-D function is fitted with the library.
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
    std(y) <= `exact_tolerance`), or when the time budget is spent: every loop
    (training steps, edge fits, searches, refits) checks it, and the best formula
    found so far is returned. An attempt is only started while one as long as the
-   longest so far still fits.
+   longest so far still fits. Among exact formulas the smallest is kept, otherwise
+   the one with the lowest held-out error.
 """
 from __future__ import annotations
 
