@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import sympy
@@ -79,19 +80,19 @@ class _Columns:
         self.terms.append(Term(expr, column))
 
 
-def monomials(X: np.ndarray, symbols, max_vars: int) -> list[tuple[sympy.Expr, np.ndarray]]:
-    """All monomials of 1..max_vars distinct variables with the EXPONENTS of that count."""
-    out = []
+def monomials(X: np.ndarray, symbols, n_vars: int) -> Iterator[tuple[sympy.Expr, np.ndarray]]:
+    """The monomials of exactly n_vars distinct variables with the EXPONENTS of that count
+    (a generator: the dictionary stops asking once it is full)."""
     d = X.shape[1]
-    for k in range(1, min(max_vars, d) + 1):
-        for subset in itertools.combinations(range(d), k):
-            for powers in itertools.product(EXPONENTS[k], repeat=k):
-                if not all(_allowed(e, X[:, i]) for e, i in zip(powers, subset)):
-                    continue
-                expr = sympy.Mul(*[symbols[i] ** e for e, i in zip(powers, subset)])
-                column = np.prod([_value(X[:, i], e) for e, i in zip(powers, subset)], axis=0)
-                out.append((expr, column))
-    return out
+    if n_vars > d:
+        return
+    for subset in itertools.combinations(range(d), n_vars):
+        for powers in itertools.product(EXPONENTS[n_vars], repeat=n_vars):
+            if not all(_allowed(e, X[:, i]) for e, i in zip(powers, subset)):
+                continue
+            expr = sympy.Mul(*[symbols[i] ** e for e, i in zip(powers, subset)])
+            column = np.prod([_value(X[:, i], e) for e, i in zip(powers, subset)], axis=0)
+            yield expr, column
 
 
 def unary_atoms(X: np.ndarray, symbols, of_pairs: bool) -> list[tuple[sympy.Expr, np.ndarray]]:
@@ -124,27 +125,30 @@ def dictionary(X: np.ndarray, symbols, max_columns: int = MAX_COLUMNS) -> tuple[
     X = np.asarray(X, dtype=np.float64)
     d = X.shape[1]
     columns = _Columns(len(X), max_columns)
-    singles = monomials(X, symbols, 1)
-    pairs = monomials(X, symbols, 2)[len(singles):]
+    singles = list(monomials(X, symbols, 1))
+    pairs = list(monomials(X, symbols, 2))
     plain_unary = unary_atoms(X, symbols, of_pairs=False)
     pair_unary = unary_atoms(X, symbols, of_pairs=True)
     small = [(s, c) for s, c in singles if s.as_base_exp()[1] in FACTOR_EXPONENTS]
-    levels = [[singles, plain_unary], [pairs, [(u * m, uc * mc) for u, uc in plain_unary for m, mc in small
-                                                if not (u.free_symbols & m.free_symbols)]], [
-        monomials(X, symbols, 3)[len(singles) + len(pairs):],
+    unit_pairs = [(m, c) for m, c in pairs
+                  if all(b.as_base_exp()[1] in (-1, 1) for b in m.as_ordered_factors())]
+    levels = [[singles, plain_unary], [pairs, ((u * m, uc * mc) for u, uc in plain_unary for m, mc in small
+                                               if not (u.free_symbols & m.free_symbols))], [
+        monomials(X, symbols, 3),
         pair_unary,
-        [(u * m, uc * mc) for u, uc in plain_unary for m, mc in pairs
-         if not (u.free_symbols & m.free_symbols) and all(
-             e in (-1, 1) for e in (b.as_base_exp()[1] for b in m.as_ordered_factors()))],
-        monomials(X, symbols, 4)[len(singles) + len(pairs):],
-        [(u * m, uc * mc) for u, uc in pair_unary for m, mc in small
-         if not (u.free_symbols & m.free_symbols)],
+        ((u * m, uc * mc) for u, uc in plain_unary for m, mc in unit_pairs
+         if not (u.free_symbols & m.free_symbols)),
+        monomials(X, symbols, 4),
+        ((u * m, uc * mc) for u, uc in pair_unary for m, mc in small
+         if not (u.free_symbols & m.free_symbols)),
     ]]
     ends = []
     with np.errstate(all="ignore"):
         for level in levels:
             for stage in level:
                 for expr, column in stage:
+                    if columns.full():
+                        break
                     columns.add(expr, np.asarray(column, dtype=np.float64))
             ends.append(len(columns.terms))
     return columns.terms, ends
