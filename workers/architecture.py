@@ -30,7 +30,7 @@ def choose_architecture(claim: Claim, spec: JobSpec, data: TrainingData, device:
         reporter.progress["resumed_from_stage"] = resume.start_stage
         reporter.history = resume.history
         return _trained(resume.model, record)
-    reporter.set_phase("architecture", architecture={"candidates_scored": 0})
+    reporter.set_phase("architecture", architecture={"candidates_scored": 0}, device=device.type)
     train = spec.train
     targets = data.y[:, 0] if spec.task == "classification" else data.y
 
