@@ -77,6 +77,7 @@ DEFAULTS = {
     "time_budget": 165.0,
     "max_train_rows": 5000,
     "float64": True,                # train in double precision (LBFGS stalls less)
+    "grid_eps": 0.02,               # knots mostly at the data's quantiles (KAN's default is uniform)
 }
 
 
@@ -93,6 +94,8 @@ SEARCH_SHARE, SEARCH_SECONDS = 0.4, 60.0
 # A network whose held-out relative RMSE is above this did not converge (or cannot fit
 # the data); the same shape is then tried with the next seed of `retry_seeds`.
 CONVERGED = 1e-3
+# What a numeric search step may raise on unlucky data; the discovery goes on without it.
+NUMERIC_FAILURES = (np.linalg.LinAlgError, ValueError, ArithmeticError, RecursionError, TypeError)
 # Why a discovery ended (Discovery.stopped).
 EXACT, BUDGET, CANCELLED, FINISHED = "exact", "budget", "cancelled", "finished"
 
@@ -209,7 +212,7 @@ def _train(width, X, y, task, opts, seed: int) -> tuple[KAN, list[dict]]:
     schedule = list(opts["grid_schedule"])
     common = dict(val_fraction=0.15, seed=seed, callback=_stop_when_out_of_time)
     hidden = len(width) > 2
-    model = KAN(width, grid=schedule[0], seed=seed, task=task)
+    model = KAN(width, grid=schedule[0], seed=seed, task=task, grid_eps=opts["grid_eps"])
     if opts["float64"]:
         model = model.double()
     target = y if task == "regression" else y.astype(np.int64)
@@ -463,6 +466,9 @@ class _AttemptLog:
             attempt = _search_attempt(self.data, self.opts)
         except time_limit.OutOfTime:
             attempt = None
+        except NUMERIC_FAILURES as error:  # the networks still run: a search failure costs only time
+            self.summaries.append({"kind": SEARCH, "error": f"{type(error).__name__}: {error}"})
+            return
         if attempt is None:
             self.summaries.append({"kind": SEARCH, "result": "no formula"})
             self._report("result", kind=SEARCH, score=None)
@@ -480,7 +486,7 @@ class _AttemptLog:
             return
         try:
             attempt = _reduction_attempt(network, self.data, self.opts)
-        except time_limit.OutOfTime:
+        except (time_limit.OutOfTime, *NUMERIC_FAILURES):
             attempt = None
         if attempt is None:
             return

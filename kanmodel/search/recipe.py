@@ -41,6 +41,11 @@ NEAR_EXACT = 1e-6
 MAX_SIMPLIFY_OPS = 80
 # dividing y by one variable at a time is tried unless a formula this accurate is known
 PEEL_UNLESS_BELOW = 1e-9
+# an exact fit means something only with many more rows than columns: with fewer
+# than MIN_SEARCH_ROWS rows there is no search, and a dense fit gets at most one
+# column per ROWS_PER_COLUMN rows
+MIN_SEARCH_ROWS = 40
+ROWS_PER_COLUMN = 2
 # rows the search fits on (more add time, not certainty: an exact fit is exact on any rows)
 MAX_SEARCH_ROWS = 500
 
@@ -95,7 +100,8 @@ def _power_law(X: np.ndarray, y: np.ndarray, symbols) -> tuple[sympy.Expr, np.nd
 def _polynomial(X: np.ndarray, symbols) -> list[Term]:
     d = X.shape[1]
     degree = MAX_POLYNOMIAL_DEGREE
-    while degree > 1 and sum(1 for _ in _exponent_vectors(d, degree)) > MAX_POLYNOMIAL_COLUMNS:
+    limit = min(MAX_POLYNOMIAL_COLUMNS, len(X) // ROWS_PER_COLUMN)
+    while degree > 1 and sum(1 for _ in _exponent_vectors(d, degree)) > limit:
         degree -= 1
     # logs too: log y of a monomial is a sum of logs, and the pruning finds which
     terms = [Term(sympy.log(s), np.log(X[:, i])) for i, s in enumerate(symbols) if np.all(X[:, i] > 0)]
@@ -135,7 +141,8 @@ class _Search:
         self.terms, self.level_ends = dictionary(X, symbols)
         self.A = np.column_stack([t.column for t in self.terms]) if self.terms else np.zeros((len(X), 0))
         self.polynomial = _polynomial(X, symbols)
-        self.rational_basis, self.R = _monomial_basis(X, symbols, MAX_RATIONAL_COLUMNS // 2)
+        self.rational_basis, self.R = _monomial_basis(
+            X, symbols, min(MAX_RATIONAL_COLUMNS, len(X) // ROWS_PER_COLUMN) // 2)
         self.P = np.column_stack([t.column for t in self.polynomial])
 
     def add(self, expr: sympy.Expr, method: str) -> None:
@@ -257,6 +264,8 @@ def search(X: np.ndarray, y: np.ndarray, symbols, X_val: np.ndarray, y_val: np.n
     """
     X = np.asarray(X, dtype=np.float64)[:MAX_SEARCH_ROWS]
     y = np.asarray(y, dtype=np.float64).ravel()[:MAX_SEARCH_ROWS]
+    if len(X) < MIN_SEARCH_ROWS:
+        return []
     with time_limit.within(time.monotonic() + time_budget):
         run = _Search(X, y, symbols, X_val, y_val)
         run.run_target("y", y, sympy.Integer(1))
