@@ -106,7 +106,10 @@ def render(lines: list[dict], command: str) -> str:
     out = ["## Tabular: auto_fit against scikit-learn", "",
            "Score: R^2 (regression) or accuracy (classification) on the held-out fold, mean over "
            "the folds run (same shuffled folds for every model); seconds: mean fit time, 1 thread. "
-           "The KAN is `kanmodel.auto_fit(X, y, task)` with nothing else (the default time budget).",
+           "The KAN is `kanmodel.auto_fit(X, y, task)` with nothing else (the default time budget); "
+           "its seconds include the whole search and the averaged members. Seconds were measured "
+           "on a 2-core machine shared with other work. The JSON lines of the run are in "
+           "`bench/results/tabular.jsonl` (`--render` rebuilds this section from them).",
            "", f"Command: `{command}`", "",
            "| table | task | folds | " + " | ".join(models) + " | KAN - best baseline |",
            "|---|---|---|" + "---|" * len(models) + "---|"]
@@ -130,6 +133,13 @@ def render(lines: list[dict], command: str) -> str:
     if gaps:
         out += ["", f"Mean of (KAN - best baseline) over the tables: {statistics.mean(gaps):+.3f}; "
                 f"worst table: {min(gaps):+.3f}."]
+    chosen = [(table, [line["config"] for line in sorted(lines, key=lambda line: line["fold"])
+                       if line["table"] == table and line["model"] == KAN and "config" in line])
+              for table in tables]
+    if any(configs for _, configs in chosen):
+        out += ["", "Chosen per fold (member width, grid, lamb; the served model averages the members):"]
+        out += [f"- {table}: " + "; ".join(f"{c['width']} grid {c['grid']} lamb {c['lamb']}" for c in configs)
+                for table, configs in chosen if configs]
     return "\n".join(out) + "\n"
 
 

@@ -11,11 +11,11 @@ Validation loss is RMSE (regression) or cross-entropy (classification): smoother
 accuracy on small validation sets, where one row moves accuracy by several points.
 
 The two best candidates then train on a second fold each and the one with the lower
-mean validation loss over both folds wins. It trains once more on each other validation fold
-(FitOptions.fold; 1 / val_fraction folds, at most MAX_MEMBERS models in all), each with
-its own best-validation weights, and the members are merged into one KAN that averages
-them (kanmodel.ensemble.merge): every row is trained on by most members, and the
-average of models that saw different rows varies less than any one of them.
+mean validation loss over both folds wins. It trains once more on each other validation
+fold (FitOptions.fold; 1 / val_fraction folds, at most MAX_MEMBERS models in all), each
+with its own best-validation weights, and the members are merged into one KAN that
+averages them (kanmodel.ensemble.merge): every row is trained on by most members, and
+the average of models that saw different rows varies less than any one of them.
 """
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ class _Trial:
         kept = schedule[:schedule.index(grid) + 1] if grid in schedule else schedule[:1]
         options = self.options
         return {"width": list(self.model.width), "grid_schedule": kept, "grid": self.model.grid_size,
-                "k": self.model.k, "grid_eps": self.model.grid_eps, "lamb": options.lamb,
+                "k": self.model.k, "base": self.model.base, "grid_eps": self.model.grid_eps,
+                "lamb": options.lamb,
                 "weight_decay": options.weight_decay, "optimizer": options.optimizer,
                 "lr": options.resolved_lr, "batch_size": options.batch_size,
                 "steps_per_grid": options.steps_per_grid, "patience": options.resolved_patience,
