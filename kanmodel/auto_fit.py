@@ -31,8 +31,9 @@ from kanmodel.ensemble import merge
 from kanmodel.model import KAN, TASKS
 from kanmodel.training import FitOptions, TrainProgress, fit, split_rows, validation_metrics
 
-# Seconds auto_fit may spend when the caller gives no time_budget. Five small tables
-# (178-1797 rows, 4-64 columns) finish their search well inside it on one CPU core.
+# Seconds auto_fit may spend when the caller gives no time_budget. The tables of
+# bench/tabular.py (178-1797 rows, 10-64 columns) finish search and members in 4-51 s
+# on one shared CPU core, so the budget only binds on larger tables.
 DEFAULT_TIME_BUDGET = 120.0
 GRID_SCHEDULE = (3, 5, 10, 20)
 STEPS_PER_GRID = 200
