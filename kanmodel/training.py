@@ -77,6 +77,8 @@ class FitResult:
     train_loss/val_loss: of the returned weights (the best-validation ones).
     best_step/best_grid: where those weights were reached (None without validation).
     early_stopped: a stage did not improve the validation loss and the run ended there.
+    diverged: the TrainingDiverged message of a stage that blew up after a best
+    validation state existed (the run then ended there with those best weights).
     metrics: validation_metrics of the returned weights on the training rows (train_*)
     and on the validation rows (val_*)."""
 
@@ -88,6 +90,7 @@ class FitResult:
     best_step: int | None = None
     best_grid: int | None = None
     early_stopped: bool = False
+    diverged: str | None = None
     metrics: dict = field(default_factory=dict)
 
 
@@ -452,7 +455,9 @@ def fit(model: KAN, X, y, options: FitOptions | None = None, *,
     stored standardisation is kept (it is recomputed only when start_stage == 0), and
     the resumed weights are the best to beat.
     Raises TrainingDiverged on a NaN/infinite loss or parameters, or an exploding
-    training loss (see EXPLOSION_FACTOR); a loss of 0 is a perfect fit, not divergence.
+    training loss (see EXPLOSION_FACTOR), unless validation already holds best weights:
+    then the run ends there with them (FitResult.diverged says why). A loss of 0 is a
+    perfect fit, not divergence.
     """
     if not isinstance(model, KAN):
         raise TypeError("model must be a kanmodel.KAN")
@@ -519,7 +524,16 @@ class _Run:
         if val is not None and start_stage > 0:
             self.best.offer(model, self.objective.evaluate(val), None)
         for stage in range(start_stage, len(options.grid_schedule)):
-            improved = self._stage(stage, train, val, grid_x, result)
+            try:
+                improved = self._stage(stage, train, val, grid_x, result)
+            except TrainingDiverged as error:
+                # With validation the best weights so far are a sound model: a stage
+                # that blows up (a fine grid on few rows) ends the run like a stage
+                # that stops improving, instead of discarding what earlier stages learnt.
+                if self.best.state is None:
+                    raise
+                result.diverged, result.early_stopped = str(error), True
+                break
             if result.stopped:
                 return self._finish(result, train, val)
             if self.best.state is not None:

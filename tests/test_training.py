@@ -166,6 +166,23 @@ def test_divergence_raises_an_actionable_error():
         kanmodel.fit(model, x, y, optimizer="adam", steps_per_grid=5, val_fraction=0.0)
 
 
+def test_a_stage_that_diverges_after_a_best_validation_state_keeps_that_state():
+    x, y = small_problem()
+    model = kanmodel.KAN([2, 3, 1], grid=3, seed=0)
+
+    def poison_the_second_stage(progress):
+        if progress.stage == 1 and progress.step == 12:
+            with torch.no_grad():
+                model.layers[0].base_weight.fill_(float("nan"))
+
+    result = kanmodel.fit(model, x, y, grid_schedule=[3, 6, 12], steps_per_grid=10,
+                          val_fraction=0.2, callback=poison_the_second_stage)
+    assert "diverged at stage 1" in result.diverged and result.early_stopped
+    assert result.stages_completed == 1 and model.grid_size == result.best_grid
+    assert result.val_loss == min(e["val_loss"] for e in result.history if e["step"] <= 12)
+    assert math.isfinite(rmse(model, x, y))
+
+
 def test_bad_training_input_names_the_problem():
     x, y = small_problem()
     model = kanmodel.KAN([2, 1])
