@@ -28,7 +28,7 @@ The recipe (every option below has this default; nothing is tuned per data set):
       of a function of one variable and a function of the rest? Split recursively
       down to 1-D slices of the model, fit each slice with the library, refit all
       constants of the resulting formula on the training rows (`symbolic.separable`).
-   d. after a log-space network with hidden layers that fits to CONVERGED: dimension
+   d. after a log-space network with hidden layers that fits to REDUCE_BELOW: dimension
       reduction (`search.reduction`): when the network's gradients say y depends on
       one monomial of the inputs only, the 1-D function is fitted with the library.
 3. Stop at the first attempt whose formula is exact on the held-out rows (RMSE /
@@ -96,6 +96,10 @@ SEARCH_SHARE, SEARCH_SECONDS = 0.4, 60.0
 CONVERGED = 1e-3
 # What a numeric search step may raise on unlucky data; the discovery goes on without it.
 NUMERIC_FAILURES = (np.linalg.LinAlgError, ValueError, ArithmeticError, RecursionError, TypeError)
+# Dimension reduction uses a log-space network as its oracle when it fits this well
+# (held-out relative RMSE), and again only with a network twice as accurate (each
+# try costs 10-40 s).
+REDUCE_BELOW = 5e-3
 # Why a discovery ended (Discovery.stopped).
 EXACT, BUDGET, CANCELLED, FINISHED = "exact", "budget", "cancelled", "finished"
 
@@ -314,12 +318,13 @@ def _reduction_attempt(network: Attempt, data: Split, opts: dict) -> Attempt | N
     """y as a function of one monomial of the inputs, with a log-space network's
     gradients as the oracle (`search.reduction`)."""
     started = time.monotonic()
-    exponents = monomial_exponents(network.model, data.X_train)
-    if exponents is None:
-        return None
     symbols = make_symbols(opts["variables"], data.X_train)
-    best = choose(one_dimensional(data.X_train, data.y_train[:, 0], symbols, exponents, data.X_val,
-                                  data.y_val[:, 0], opts["library"]), opts["exact_tolerance"])
+    best = None
+    for power, exponents in monomial_exponents(network.model, data.X_train):
+        best = choose(one_dimensional(data.X_train, data.y_train[:, 0], symbols, exponents, data.X_val,
+                                      data.y_val[:, 0], opts["library"], power=power), opts["exact_tolerance"])
+        if best is not None:
+            break
     if best is None:
         return None
     formula = Formula(best.expr, [s.name for s in symbols], symbols=symbols, output="y")
@@ -376,6 +381,7 @@ class _AttemptLog:
         self.best: Attempt | None = None
         self.summaries: list[dict] = []
         self.trained: list[Attempt] = []
+        self.reduced_with = float("inf")  # spline error of the last network reduced with
         self.longest = 0.0
 
     def exact(self) -> bool:
@@ -482,8 +488,10 @@ class _AttemptLog:
     def _reduce(self, network: Attempt) -> None:
         """After a log-space network with hidden layers that fits well: dimension reduction."""
         if (self.task != "regression" or self.data.y_train.shape[1] != 1 or network.space != "log"
-                or len(network.trained_width) < 3 or self.exact() or network.spline_error > CONVERGED):
+                or len(network.trained_width) < 3 or self.exact()
+                or network.spline_error > min(REDUCE_BELOW, 0.5 * self.reduced_with)):
             return
+        self.reduced_with = network.spline_error
         try:
             attempt = _reduction_attempt(network, self.data, self.opts)
         except (time_limit.OutOfTime, *NUMERIC_FAILURES):

@@ -103,3 +103,33 @@ def test_a_function_of_one_monomial_is_fitted_in_one_dimension():
     best = choose(found, 1e-9)
     assert best is not None and best.error < 1e-9
     assert sympy.simplify(best.expr - 1 / (sympy.exp(a * b / (3 * c)) - 1)) == 0
+
+
+def test_a_power_law_times_a_function_of_one_monomial():
+    from kanmodel.search.reduction import one_dimensional
+    X, y, (a, b, c) = data(lambda a, b, c: a * b / (np.exp(a * b / (2 * np.pi * c)) - 1), ["a", "b", "c"], 1, 3)
+    found = one_dimensional(X[:400], y[:400], [a, b, c], np.array([1.0, 1.0, -1.0]), X[400:], y[400:],
+                            power=np.array([1.0, 1.0, 0.0]))
+    best = choose(found, 1e-9)
+    assert best is not None and best.error < 1e-9
+    assert sympy.simplify(best.expr - a * b / (sympy.exp(a * b / (2 * sympy.pi * c)) - 1)) == 0
+
+
+def test_network_gradients_give_the_monomial_and_the_power_law():
+    import torch
+    from kanmodel.search.reduction import monomial_exponents
+
+    class ExactLogModel(torch.nn.Module):
+        """log y as a function of log x, as a network trained in log space would give it."""
+        in_shift = torch.zeros(1, dtype=torch.float64)
+
+        def forward(self, log_x):
+            a, b, c = torch.exp(log_x).T
+            return torch.log(a * b / (torch.exp(a * b / c) - 1))[:, None]
+
+    X = np.random.default_rng(0).uniform(1, 3, (300, 3))
+    found = monomial_exponents(ExactLogModel(), X)
+    assert found
+    for power, exponents in found:
+        assert np.array_equal(np.abs(exponents), [1, 1, 1]) and exponents[0] == -exponents[2]
+    assert any(np.array_equal(power, [1, 1, 0]) for power, _ in found)
