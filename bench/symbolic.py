@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the table from the saved results (no runs)")
+    parser.add_argument("--note", help="a sentence printed under the command (e.g. which commit ran which cases)")
     args = parser.parse_args()
     suites = ["formulas", "feynman"] if args.suite == "both" else [args.suite]
     if args.pykan_worker:
@@ -349,7 +350,7 @@ def main() -> None:
     pykan_run = json.loads(pykan_file.read_text()) if pykan_file.exists() else None
     text = table(results, pykan_run["results"] if pykan_run else
                  "not run (`python bench/symbolic.py --pykan` writes its results)",
-                 commands, pykan_run["command"] if pykan_run else None)
+                 commands, pykan_run["command"] if pykan_run else None, args.note)
     print(text)
     if not args.no_docs:
         write_section(text)
