@@ -99,8 +99,8 @@ class AutoFitResult:
     candidates: every candidate's config, validation loss and score on fold 0, grids
     trained, seconds, and fold_val_losses (the finalists' and members' per fold).
     metrics: val_* (validation_metrics) out of fold: every member scored on the rows it
-    did not train on, pooled; train_* of the merged model on all rows; val_loss of the
-    chosen candidate in the search.
+    did not train on, pooled; train_* of the merged model on all rows; train_loss and
+    val_loss: the RMSE (raw units) or cross-entropy among them, as fit reports losses.
     history: the search winner's fit history. stopped: should_stop or the time budget
     ended training early (the best models trained so far are used)."""
 
@@ -239,8 +239,10 @@ def auto_fit(X, y, task: str = "regression", *, val_fraction: float = 0.2, seed:
     config = {**best.config(), "members": len(members), "served_width": list(model.width),
               "grid": model.grid_size, "grid_schedule": schedule[:schedule.index(model.grid_size) + 1]
               if model.grid_size in schedule else schedule}
-    metrics = {**validation_metrics(model, X_t, y_t, prefix="train_"), **data.out_of_fold(members),
-               "val_loss": _finite(best.val_loss)}
+    metrics = {**validation_metrics(model, X_t, y_t, prefix="train_"), **data.out_of_fold(members)}
+    # The losses fit reports (RMSE in raw units or cross-entropy), under fit's names.
+    loss = "log_loss" if task == "classification" else "rmse"
+    metrics["train_loss"], metrics["val_loss"] = metrics[f"train_{loss}"], metrics[f"val_{loss}"]
     report({"phase": "auto_fit", "chosen": best.index, "config": config, "metrics": metrics})
     candidates = [{"candidate": t.index, "config": t.config(), "val_loss": _finite(t.val_loss),
                    "val_score": data.score(t.model, 0) if t.stages_done else None,

@@ -28,7 +28,9 @@ def test_regression_returns_a_trained_model_and_a_json_report():
     ranked = sorted(result.candidates, key=lambda c: c["val_loss"])
     chosen = result.candidates[events[-1]["chosen"]]
     assert len(result.candidates) >= 3 and chosen in ranked[:2]       # a finalist
-    assert result.metrics["val_loss"] == chosen["val_loss"] and len(chosen["fold_val_losses"]) == 5
+    assert len(chosen["fold_val_losses"]) == 5
+    assert result.metrics["val_loss"] == result.metrics["val_rmse"]
+    assert result.metrics["train_loss"] == result.metrics["train_rmse"]
     assert any(e.get("rung") is not None for e in events) and "chosen" in events[-1]
     assert all(e["phase"] == "auto_fit" for e in events)
 
