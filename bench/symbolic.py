@@ -229,8 +229,10 @@ RECIPE = ("One recipe for every case, `kanmodel.discover` with its defaults (see
           "snapped to simple rationals times pi or sqrt(2) where the data agree; the smallest exact "
           "formula on the Pareto front of size against held-out error. Then (when nothing is exact) "
           "network shapes [n,1], [n,1,1], [n,2,1], [n,2,1,1], each first in log space then raw, edges "
-          "fitted with the function library, composed and refitted in float64, and a separability step "
-          "on the best network as the oracle; one network is always trained, to be served.")
+          "fitted with the function library, composed and refitted in float64, a separability step "
+          "on the best network as the oracle, and after log-space networks with hidden layers a dimension "
+          "reduction (their log-gradients tell when y is a power law times a function of one monomial, "
+          "which is then fitted in 1-D); one network is always trained, to be served.")
 
 
 def table(results: dict[str, list[dict]], pykan: list[dict] | str | None, commands: dict[str, str],
