@@ -67,8 +67,8 @@ def choose_architecture(claim: Claim, spec: JobSpec, data: TrainingData, device:
 
 
 def _trained(model: kanmodel.KAN, record: dict) -> Trained:
-    """metrics: what auto_fit measured on its validation rows (val_loss: RMSE of the
-    standardised targets or cross-entropy, as fit reports it; val_r2 or val_accuracy)."""
+    """metrics: what auto_fit measured out of fold (val_loss: RMSE in the target's own
+    units, or cross-entropy for classification; val_r2 or val_accuracy beside it)."""
     metrics = record.get("metrics") or {}
     config = record.get("config") or {}
     return Trained(model, metrics.get("train_loss"), metrics.get("val_loss"), None,
