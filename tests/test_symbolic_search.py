@@ -8,7 +8,6 @@ from kanmodel.search import Candidate, choose, pareto_front, search
 from kanmodel.search.sparse import beam_search, least_squares, rational_exact
 from kanmodel.search.terms import dictionary, expression_size
 from kanmodel.symbolic.auto import make_symbols
-from kanmodel.symbolic.formula import evaluate
 
 
 def data(f, names, low, high, n=600, seed=0):

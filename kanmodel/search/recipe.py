@@ -57,9 +57,6 @@ class Candidate:
     size: int           # nodes of the expression tree
     method: str         # which target, transform and fit found it
 
-    def key(self) -> tuple:
-        return (self.error, self.size)
-
 
 def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
     """The candidates no other one beats in both size and error, smallest first."""

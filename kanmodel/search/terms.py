@@ -34,10 +34,6 @@ class Term:
     expr: sympy.Expr
     column: np.ndarray     # (rows,)
 
-    @property
-    def size(self) -> int:
-        return expression_size(self.expr)
-
 
 def expression_size(expr: sympy.Expr) -> int:
     """Nodes of the expression tree (variables, numbers and operations)."""
@@ -58,7 +54,7 @@ def _value(x: np.ndarray, exponent) -> np.ndarray:
 class _Columns:
     """Accumulates distinct, finite, non-constant columns up to a cap."""
 
-    def __init__(self, n_rows: int, cap: int) -> None:
+    def __init__(self, cap: int) -> None:
         self.terms: list[Term] = []
         self.seen: set[bytes] = set()
         self.cap = cap
@@ -124,7 +120,7 @@ def dictionary(X: np.ndarray, symbols, max_columns: int = MAX_COLUMNS) -> tuple[
     terms[:ends[1]] add products of two, terms[:ends[2]] (all) the rest."""
     X = np.asarray(X, dtype=np.float64)
     d = X.shape[1]
-    columns = _Columns(len(X), max_columns)
+    columns = _Columns(max_columns)
     singles = list(monomials(X, symbols, 1))
     pairs = list(monomials(X, symbols, 2))
     plain_unary = unary_atoms(X, symbols, of_pairs=False)
