@@ -125,8 +125,8 @@ class Split:
 @dataclass
 class Attempt:
     """One network trained (kind "network"), one formula search on a network (kind
-    "separable", with the network it used as the oracle) or the direct search on the
-    data (kind "search": no network of its own)."""
+    "separable" or "reduction", with the network it used as the oracle) or the direct
+    search on the data (kind "search": no network of its own)."""
 
     kind: str
     width: list[int]                 # after pruning
@@ -146,7 +146,7 @@ class Attempt:
 
     def summary(self) -> dict:
         return {"kind": self.kind, "width": self.width, "trained_width": self.trained_width,
-                "space": self.space, "seed": self.seed, "score": self.score,
+                "space": self.space, "seed": self.seed, "score": float(self.score),
                 "seconds": round(self.seconds, 2), "formulas": [f.text for f in self.formulas]}
 
 
