@@ -132,3 +132,9 @@ def test_network_gradients_give_the_monomial_and_the_power_law():
     for power, exponents in found:
         assert np.array_equal(np.abs(exponents), [1, 1, 1]) and exponents[0] == -exponents[2]
     assert any(np.array_equal(power, [1, 1, 0]) for power, _ in found)
+
+
+def test_a_function_of_one_variable_times_a_root_of_a_product():
+    best, (a, b, d) = found(lambda a, b, d: a + b + 2 * np.sqrt(a * b) * np.cos(d), ["a", "b", "d"])
+    assert best.error < 1e-9
+    assert sympy.simplify(best.expr - (a + b + 2 * sympy.sqrt(a * b) * sympy.cos(d))) == 0

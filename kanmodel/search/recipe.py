@@ -158,7 +158,7 @@ class _Search:
             return expr
         best, size = expr, expression_size(expr)
         reference = evaluate(expr, self.symbols, self.X)
-        for rewrite in (sympy.cancel, sympy.factor, lambda e: sympy.factor(sympy.cancel(e))):
+        for rewrite in (sympy.expand, sympy.cancel, sympy.factor, lambda e: sympy.factor(sympy.cancel(e))):
             try:
                 other = rewrite(expr)
             except (RecursionError, MemoryError, TypeError, ValueError, AttributeError):
@@ -211,7 +211,7 @@ class _Search:
         """Beam search on the dictionary's levels in turn (a small dictionary misleads
         the pursuit less); the first level with an exact fit ends it."""
         found = []
-        for end in self.level_ends:
+        for end in sorted(set(self.level_ends)):
             if time_limit.expired():
                 break
             found = beam_search(self.A[:, :end], t)

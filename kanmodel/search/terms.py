@@ -27,6 +27,8 @@ EXPONENTS = {
 # exponents of the monomial a unary function is multiplied with
 FACTOR_EXPONENTS = (-1, -HALF, HALF, 1, 2)
 MAX_COLUMNS = 4000
+# the last level (tried only when nothing before it is exact) may add this many more
+EXTRA_COLUMNS = 2000
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,11 @@ def unary_atoms(X: np.ndarray, symbols, of_pairs: bool) -> list[tuple[sympy.Expr
 
 
 def dictionary(X: np.ndarray, symbols, max_columns: int = MAX_COLUMNS) -> tuple[list[Term], list[int]]:
-    """The candidate terms for data X (rows, d), simplest first, at most max_columns,
+    """The candidate terms for data X (rows, d), simplest first, at most max_columns
+    (+ EXTRA_COLUMNS in the last level),
     and the level ends: terms[:ends[0]] are functions and powers of single variables,
-    terms[:ends[1]] add products of two, terms[:ends[2]] (all) the rest."""
+    terms[:ends[1]] add products of two, terms[:ends[2]] products of three and four and
+    functions of pairs, terms[:ends[3]] (all) a function times any product of two."""
     X = np.asarray(X, dtype=np.float64)
     d = X.shape[1]
     columns = _Columns(max_columns)
@@ -137,10 +141,15 @@ def dictionary(X: np.ndarray, symbols, max_columns: int = MAX_COLUMNS) -> tuple[
         monomials(X, symbols, 4),
         ((u * m, uc * mc) for u, uc in pair_unary for m, mc in small
          if not (u.free_symbols & m.free_symbols)),
+    ], [  # a function of one variable times any product of two others (2*sqrt(a*b)*cos(c))
+        ((u * m, uc * mc) for u, uc in plain_unary for m, mc in pairs
+         if not (u.free_symbols & m.free_symbols) and not any(m == p for p, _ in unit_pairs)),
     ]]
     ends = []
     with np.errstate(all="ignore"):
-        for level in levels:
+        for index, level in enumerate(levels):
+            if index == len(levels) - 1:  # the last level has room of its own
+                columns.cap += EXTRA_COLUMNS
             for stage in level:
                 for expr, column in stage:
                     if columns.full():
