@@ -165,7 +165,9 @@ def test_diverging_loss_fails_with_an_actionable_message(api):
 
 def test_time_limit_fails_the_job(tmp_path):
     with api_harness(tmp_path, max_job_seconds=1, cancel_poll_seconds=0.05) as api:
-        spec = {**SPEC, "train": {"optimizer": "adam", "grid_schedule": [3], "steps_per_grid": 50_000}}
+        # No validation split: early stopping must not end the run before the limit does.
+        spec = {**SPEC, "train": {"optimizer": "adam", "grid_schedule": [3], "steps_per_grid": 50_000,
+                                  "val_fraction": 0.0}}
         job_id = submit(api, spec)
         assert run_job(job_id, api.session_factory, api.settings, "w1") == "failed"
         assert "longer than the limit of 1 s" in job_row(api, job_id).error
