@@ -108,7 +108,7 @@ def render(lines: list[dict], command: str) -> str:
            "the folds run (same shuffled folds for every model); seconds: mean fit time, 1 thread. "
            "The KAN is `kanmodel.auto_fit(X, y, task)` with nothing else (the default time budget); "
            "its seconds include the whole search and the averaged members. Seconds were measured "
-           "on a 2-core machine shared with other work. The JSON lines of the run are in "
+           "on a 2-core machine. The JSON lines of the run are in "
            "`bench/results/tabular.jsonl` (`--render` rebuilds this section from them).",
            "", f"Command: `{command}`", "",
            "| table | task | folds | " + " | ".join(models) + " | KAN - best baseline |",
