@@ -123,7 +123,6 @@ def dictionary(X: np.ndarray, symbols, max_columns: int = MAX_COLUMNS) -> tuple[
     terms[:ends[1]] add products of two, terms[:ends[2]] products of three and four and
     functions of pairs, terms[:ends[3]] (all) a function times any product of two."""
     X = np.asarray(X, dtype=np.float64)
-    d = X.shape[1]
     columns = _Columns(max_columns)
     singles = list(monomials(X, symbols, 1))
     pairs = list(monomials(X, symbols, 2))
