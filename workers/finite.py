@@ -10,3 +10,8 @@ def finite_or_none(value) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def rounded_or_none(value, digits: int = 2) -> float | None:
+    value = finite_or_none(value)
+    return None if value is None else round(value, digits)

@@ -8,7 +8,7 @@ import time
 from sqlalchemy.orm import Session, sessionmaker
 
 from workers.claim import Claim, guarded_update
-from workers.finite import finite_or_none
+from workers.finite import finite_or_none, rounded_or_none
 from workers.monitor import JobMonitor
 
 MAX_STORED_HISTORY = 2_000
@@ -46,7 +46,7 @@ class ProgressReporter:
         shown = {"attempt": event.get("attempt"), "kind": event.get("kind"), "width": event.get("width"),
                  "space": event.get("space"), "best_error": finite_or_none(event.get("best_error")),
                  "best_formula": best_formulas[0] if len(best_formulas) == 1 else (best_formulas or None),
-                 "elapsed_seconds": _rounded(event.get("elapsed"))}
+                 "elapsed_seconds": rounded_or_none(event.get("elapsed"))}
         if event.get("event") == "result":
             shown["last_error"] = finite_or_none(event.get("score"))
         elapsed = finite_or_none(event.get("elapsed"))
@@ -99,11 +99,6 @@ class ProgressReporter:
             thinned.append(self.history[-1])
         return [{key: finite_or_none(value) if isinstance(value, float) else value for key, value in entry.items()}
                 for entry in thinned]
-
-
-def _rounded(value) -> float | None:
-    value = finite_or_none(value)
-    return None if value is None else round(value, 2)
 
 
 def json_ready(value):

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from workers.finite import rounded_or_none
+
 log = logging.getLogger(__name__)
 
 # A formula whose held-out RMSE is at most this fraction of the target's spread is exact.
@@ -123,12 +125,8 @@ def _discover_search(request: SymbolicRequest, send_progress: Callable[[dict], N
     # The space and width of the network the formula came from (not the served network).
     summary = {"space": found.space, "width": metrics.get("width"), "method": metrics.get("method"),
                "attempts": metrics.get("attempts"), "stopped": metrics.get("stopped"),
-               "seconds": _round(metrics.get("seconds"))}
+               "seconds": rounded_or_none(metrics.get("seconds"))}
     return SearchResult(_extracted(found.formulas), summary)
-
-
-def _round(value):
-    return None if value is None else round(float(value), 2)
 
 
 def _child(connection, request: SymbolicRequest) -> None:
