@@ -21,7 +21,6 @@ x86_64 (scripts/gpu_check.sh's dry run).
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import re
 import subprocess
 import sys
 import tomllib
@@ -43,10 +42,6 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 FALLBACK_MAX_BYTES = 1 << 20
 
 
-def normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def applies(requirement: Requirement, extras: tuple[str, ...]) -> bool:
     if requirement.marker is None:
         return True
@@ -56,7 +51,7 @@ def applies(requirement: Requirement, extras: tuple[str, ...]) -> bool:
 def runtime_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return [requirement for requirement in map(Requirement, project["dependencies"])
-            if normalise(requirement.name) != "torch" and applies(requirement, ())]
+            if canonicalize_name(requirement.name) != "torch" and applies(requirement, ())]
 
 
 def closure(requirements: list[Requirement]) -> dict[str, tuple[str, list[str]]]:
@@ -66,14 +61,15 @@ def closure(requirements: list[Requirement]) -> dict[str, tuple[str, list[str]]]
     visited: set[tuple[str, tuple[str, ...]]] = set()
     while pending:
         name, extras = pending.pop()
-        if (normalise(name), extras) in visited:
+        key = canonicalize_name(name)
+        if (key, extras) in visited:
             continue
-        visited.add((normalise(name), extras))
+        visited.add((key, extras))
         distribution = metadata.distribution(name)
         needs = [Requirement(line) for line in distribution.requires or []]
         needs = [requirement for requirement in needs if applies(requirement, extras)]
-        known = found.get(normalise(name), (distribution.version, []))[1]
-        found[normalise(name)] = (distribution.version, sorted({*known, *(normalise(r.name) for r in needs)}))
+        known = found.get(key, (distribution.version, []))[1]
+        found[key] = (distribution.version, sorted({*known, *(canonicalize_name(r.name) for r in needs)}))
         pending += [(requirement.name, tuple(requirement.extras)) for requirement in needs]
     return found
 
@@ -85,7 +81,7 @@ def pure_python(name: str) -> bool:
 
 
 def preinstalled() -> set[str]:
-    return {normalise(line.strip()) for line in PREINSTALLED.read_text().splitlines()
+    return {canonicalize_name(line.strip()) for line in PREINSTALLED.read_text().splitlines()
             if line.strip() and not line.startswith("#")}
 
 
@@ -108,10 +104,10 @@ def check(dest: Path, packages: dict[str, tuple[str, list[str]]], missing: list[
         if not tags & supported:
             problems.append(f"{wheel.name} does not install on CPython 3.12 Linux x86_64")
     for name in missing:
-        if canonicalize_name(name) not in offered:
+        if name not in offered:
             problems.append(f"no wheel of {name} (that machine lacks it)")
-        elif offered[canonicalize_name(name)] != packages[name][0]:
-            problems.append(f"{name} {offered[canonicalize_name(name)]} offered, {packages[name][0]} installed here")
+        elif offered[name] != packages[name][0]:
+            problems.append(f"{name} {offered[name]} offered, {packages[name][0]} installed here")
     size = sum(wheel.stat().st_size for wheel in dest.glob("*.whl"))
     print(f"{dest}: {len(offered)} wheels, {size / 2 ** 20:.1f} MiB; {len(missing)} packages that machine lacks")
     for problem in problems:
@@ -124,8 +120,9 @@ def main() -> int:
     checking = "--check" in arguments
     arguments = [argument for argument in arguments if argument != "--check"]
     dest = Path(arguments[0]) if arguments else ROOT / "wheels" / "gpu"
-    top_level = [requirement.name for requirement in runtime_requirements()]
-    packages = closure(runtime_requirements())
+    requirements = runtime_requirements()
+    top_level = [requirement.name for requirement in requirements]
+    packages = closure(requirements)
     present = preinstalled()
     missing = sorted(name for name in packages if name not in present)
     if checking:
@@ -133,7 +130,7 @@ def main() -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for stale in dest.glob("*.whl"):  # one version of each package: two would stop pip there
         stale.unlink()
-    wanted = {need for name in missing for need in packages[name][1]} | set(map(normalise, top_level))
+    wanted = {need for name in missing for need in packages[name][1]} | set(map(canonicalize_name, top_level))
     fallbacks = sorted(name for name in wanted & present if pure_python(name))
     download([f"{name}=={packages[name][0]}" for name in missing], dest)
     fallback_dir = dest / "fallback"
