@@ -220,6 +220,20 @@ def api_harness(tmp_path: Path, **overrides):
         yield ApiHarness(app, settings, client, other, anonymous, queue)
 
 
+def run_job_to_success(api: ApiHarness, body: dict) -> tuple[str, dict]:
+    """Submits a job through the API, runs it in-process with the real pipeline function
+    (worker "w1"), asserts it succeeded, and returns its id and its API view."""
+    from workers.pipeline import run_job
+
+    response = api.client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    status = run_job(job_id, api.session_factory, api.settings, "w1")
+    job = api.client.get(f"/v1/jobs/{job_id}").json()
+    assert status == job["status"] == "succeeded", job
+    return job_id, job
+
+
 def log_text(stack) -> str:
     """The tails of a stack's process logs, for assertion messages."""
     return "\n".join(f"== {path.name}\n{path.read_text(errors='replace')[-3000:]}"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kanmodel
-from kanserve_harness import api_harness
+from kanserve_harness import api_harness, run_job_to_success
 from workers.pipeline import run_job
 
 
@@ -31,13 +31,7 @@ def upload_csv(api, columns: list[str], table: np.ndarray) -> str:
 
 
 def run_minimal_job(api, body: dict) -> dict:
-    response = api.client.post("/v1/jobs", json=body)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    status = run_job(job_id, api.session_factory, api.settings, "w1")
-    job = api.client.get(f"/v1/jobs/{job_id}").json()
-    assert status == job["status"] == "succeeded", job
-    return job
+    return run_job_to_success(api, body)[1]
 
 
 def assert_served_like_torch(api, name: str, rows: np.ndarray) -> dict:

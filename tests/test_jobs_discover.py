@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import kanmodel
-from kanserve_harness import api_harness
+from kanserve_harness import api_harness, run_job_to_success
 from service.datasets.formula_data import generate
 from service.schemas.jobspec import FormulaSource
 from workers import symbolic_runner
@@ -36,16 +36,6 @@ def discover_spec(name: str, formula: str, ranges: dict, width: list[int], budge
     return {"name": name, "data": {"formula": formula, "ranges": ranges, "n_samples": 400, "seed": 3},
             "model": {"width": width}, "train": QUICK_TRAIN,
             "symbolic": {"time_budget_seconds": budget}, "export": {"onnx": True, "plots": False}}
-
-
-def run_to_end(api, spec: dict) -> tuple[str, dict]:
-    response = api.client.post("/v1/jobs", json=spec)
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    status = run_job(job_id, api.session_factory, api.settings, "w1")
-    job = api.client.get(f"/v1/jobs/{job_id}").json()
-    assert status == job["status"] == "succeeded", job
-    return job_id, job
 
 
 def library_formula(spec: dict) -> kanmodel.Formula:
@@ -76,7 +66,7 @@ def spline_parity(api, name: str, rows: list[list[float]]) -> float:
 
 def test_discover_job_registers_the_librarys_formula_exact_with_its_graphs(api):
     spec = discover_spec("friction", "mu*N", {"mu": [1, 5], "N": [1, 5]}, width=[2, 1])
-    job_id, job = run_to_end(api, spec)
+    job_id, job = run_job_to_success(api, spec)
 
     discovery = job["progress"]["discovery"]
     assert discovery["attempt"] >= 1 and discovery["space"] in ("log", "raw") and discovery["width"]
@@ -102,7 +92,7 @@ def test_discover_job_registers_the_librarys_formula_exact_with_its_graphs(api):
 
 def test_variables_named_like_internal_parameters_work_through_the_job(api):
     spec = discover_spec("inverse-square", "r1/r2**2", {"r1": [1, 5], "r2": [1, 5]}, width=[2, 1])
-    run_to_end(api, spec)
+    run_job_to_success(api, spec)
     version = api.client.get("/v1/models/inverse-square/versions/1").json()
     assert version["input_names"] == ["r1", "r2"]
     [formula] = version["formulas"]
@@ -189,7 +179,7 @@ def test_columns_whose_names_cannot_be_variables_get_stand_ins_in_the_formula(ap
     spec = {"name": "momentum", "data": {"dataset_id": upload.json()["id"], "target": ["momentum"]},
             "model": {"width": [2, 1]}, "train": QUICK_TRAIN, "symbolic": {"time_budget_seconds": 60},
             "export": {"onnx": True, "plots": False}}
-    run_to_end(api, spec)
+    run_job_to_success(api, spec)
     version = api.client.get("/v1/models/momentum/versions/1").json()
     assert version["input_names"] == ["mass (kg)", "lambda"]
     [formula] = version["formulas"]
